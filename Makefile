@@ -1,0 +1,33 @@
+# structq: the commands the README gives. Each one installs what it needs first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-unit worker gateway lint clean
+
+setup:
+	./scripts/setup.sh
+
+## Start Redis, one worker and the gateway; run the seed examples as jobs; print the results.
+demo: setup
+	$(PY) -m scripts.demo
+
+## The whole test suite (unit, gateway, and end to end on the bundled model).
+test: setup
+	$(PY) -m pytest
+
+## Only the fast tests (no engine).
+test-unit: setup
+	$(PY) -m pytest -m "not e2e"
+
+## Run the parts by hand (Redis aside): see the README for their settings.
+worker: setup
+	$(PY) -m worker
+
+gateway: setup
+	$(PY) -m api
+
+lint:
+	$(PY) -m ruff check api worker shared scripts tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

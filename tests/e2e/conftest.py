@@ -1,0 +1,64 @@
+"""One whole stack (Redis, a worker with the real vLLM engine on the bundled model, the
+gateway) shared by every end-to-end test of the session, and helpers to drive it over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.stack import Stack
+
+TERMINAL = {"succeeded", "failed"}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(
+        tmp_path_factory.mktemp("stack"),
+        # Small enough to keep the suite quick on 2 CPU cores.
+        env={"STRUCTQ_MAX_MODEL_LEN": "2048", "STRUCTQ_MAX_TOKENS_LIMIT": "512"},
+    )
+    stack.start()
+    yield stack
+    leftovers = stack.stop()
+    assert not leftovers, f"processes left running after the stack stopped: {leftovers}"
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        yield client
+
+
+def submit(api: httpx.Client, body: dict[str, Any]) -> str:
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def wait_for(
+    api: httpx.Client, job_ids: Iterable[str], timeout_s: float = 180, statuses: set[str] = TERMINAL
+) -> dict[str, dict[str, Any]]:
+    """Poll until every job reaches one of ``statuses``; the jobs by id."""
+    pending = list(job_ids)
+    done: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for job_id in list(pending):
+            job = api.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in statuses:
+                done[job_id] = job
+                pending.remove(job_id)
+        if pending:
+            assert time.monotonic() < deadline, f"jobs not {statuses} after {timeout_s}s: {pending}"
+            time.sleep(0.05)
+    return done
+
+
+def run(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    job_id = submit(api, body)
+    return wait_for(api, [job_id])[job_id]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared.jobs import Job, JobCreate, JobStatus
+from shared.output_types import RegexSpec, TextSpec
+
+
+def test_prompt_or_messages_exactly_one():
+    assert JobCreate(prompt="hi").output_type == TextSpec()
+    assert JobCreate(messages=[{"role": "user", "content": "hi"}]).messages is not None
+    with pytest.raises(ValidationError, match="exactly one of `prompt` and `messages`"):
+        JobCreate()
+    with pytest.raises(ValidationError, match="exactly one of `prompt` and `messages`"):
+        JobCreate(prompt="hi", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": ""}, "at least 1 character"),
+        ({"messages": []}, "at least 1 item"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "Input should be 'system'"),
+        ({"prompt": "x", "sampling": {"max_tokens": 0}}, "greater than or equal to 1"),
+        ({"prompt": "x", "sampling": {"temperature": -1}}, "greater than or equal to 0"),
+        ({"prompt": "x", "sampling": {"top_p": 0}}, "greater than 0"),
+        ({"prompt": "x", "sampling": {"bogus": 1}}, "Extra inputs are not permitted"),
+        ({"prompt": "x", "metadata": {"k": "v" * 600}}, "at most 512 characters"),
+    ],
+)
+def test_bad_job_bodies(body, message):
+    with pytest.raises(ValidationError, match=message):
+        JobCreate.model_validate(body)
+
+
+def test_job_round_trips_through_json():
+    job = Job(id="j1", model="m", prompt="x", output_type=RegexSpec(pattern="a+"))
+    again = Job.model_validate_json(job.model_dump_json(by_alias=True))
+    assert again == job
+    assert again.status is JobStatus.QUEUED
+    assert not JobStatus.RUNNING.terminal and JobStatus.FAILED.terminal

@@ -1,0 +1,1 @@
+"""The worker: a Celery app whose process holds one resident vLLM engine and runs jobs on it."""

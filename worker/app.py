@@ -1,0 +1,92 @@
+"""The Celery app of the worker, and the lifecycle of its resident engine.
+
+The engine is built once, in ``worker_init`` (before the worker consumes anything), and shut
+down in ``worker_shutdown``, so Celery's shutdown signals also stop vLLM's EngineCore process.
+The pool must be ``threads`` (or ``solo``): vLLM spawns its EngineCore process, which a
+prefork child cannot host. ``python -m worker`` starts it with the right options.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import redis
+from celery import Celery
+from celery.signals import worker_init, worker_shutdown
+
+from shared.keys import queue_name
+from shared.store import JobStore
+from worker.heartbeat import Heartbeat
+from worker.settings import WorkerSettings
+
+__all__ = ["app", "runner", "settings"]
+
+log = logging.getLogger(__name__)
+
+settings = WorkerSettings.load()
+
+app = Celery("structq", broker=settings.redis_url, include=["worker.tasks"])
+app.conf.update(
+    task_default_queue=queue_name(settings.model),
+    task_ignore_result=True,
+    # A job's message is acknowledged once the job has run, not when it is received.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Each thread holds at most one reserved message beyond what it runs.
+    worker_prefetch_multiplier=1,
+    worker_pool="threads",
+    worker_concurrency=settings.max_inflight,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+_state: dict[str, object] = {}
+
+
+def runner():  # -> worker.runner.JobRunner (imported lazily: it pulls in the engine module)
+    try:
+        return _state["runner"]
+    except KeyError:
+        raise RuntimeError("the engine is not started in this process") from None
+
+
+def _engine_died(exc: BaseException) -> None:
+    # Stop consuming: Celery's warm shutdown lets in-flight tasks record their failure.
+    log.critical("engine died (%r); shutting the worker down", exc)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@worker_init.connect
+def _start_engine(**_: object) -> None:
+    from worker.engine import Engine
+    from worker.model import prepare_default_model
+    from worker.runner import JobRunner
+
+    try:
+        model_path = settings.model_path or prepare_default_model(settings.cache_dir)
+        engine = Engine.start(settings, model_path, on_dead=_engine_died)
+    except Exception:
+        log.exception("could not start the engine")
+        # Celery logs and swallows exceptions from signal handlers; a worker without an engine
+        # must not consume jobs, so leave now.
+        raise SystemExit(1) from None
+    client = redis.Redis.from_url(settings.redis_url)
+    _state["engine"] = engine
+    _state["runner"] = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings.worker_id)
+    heartbeat = Heartbeat(client, settings.worker_id, settings.model)
+    heartbeat.start()
+    _state["heartbeat"] = heartbeat
+    log.info("engine ready; consuming %s", queue_name(settings.model))
+
+
+@worker_shutdown.connect
+def _stop_engine(**_: object) -> None:
+    heartbeat = _state.pop("heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.stop()  # type: ignore[attr-defined]
+    engine = _state.pop("engine", None)
+    if engine is not None:
+        log.info("shutting the engine down")
+        engine.shutdown()  # type: ignore[attr-defined]

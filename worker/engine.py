@@ -1,0 +1,214 @@
+"""The resident engine: one vLLM ``LLMEngine`` stepping continuously on its own thread.
+
+Celery task threads hand requests to :meth:`Engine.submit` and wait on the returned future.
+The engine thread admits whatever arrived since the last step (``add_request``), runs one
+``step()``, and hands each finished request its result. A request that arrives while others
+are generating joins the running batch at the next step: continuous batching across jobs.
+
+Only this module imports vllm's engine; it is built once per worker process, in the worker's
+start-up hook (``worker.app``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import EngineDead, EngineRejected
+from shared.jobs import Message
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from worker.settings import WorkerSettings
+
+__all__ = ["Engine", "Generation"]
+
+log = logging.getLogger(__name__)
+
+# How long the idle engine thread waits for work before re-checking whether to stop.
+_IDLE_POLL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A finished request: its text and how the engine ran it."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    first_step: int
+    last_step: int
+    max_batch: int
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    prompt: str
+    params: SamplingParams
+    future: Future[Generation]
+    parts: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    first_step: int = 0
+    last_step: int = 0
+    max_batch: int = 0
+
+
+class Engine:
+    """A vLLM engine owned by one thread; every other thread talks to it through futures."""
+
+    def __init__(self, llm: LLMEngine, on_dead: Callable[[BaseException], None]) -> None:
+        self._llm = llm
+        self._on_dead = on_dead
+        self._tokenizer = llm.get_tokenizer()
+        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._running: dict[str, _Request] = {}
+        self._steps = 0
+        self._dead: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="structq-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(
+        cls, settings: WorkerSettings, model_path: Path, on_dead: Callable[[BaseException], None]
+    ) -> Engine:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        on_cpu = current_platform.is_cpu()
+        memory = settings.gpu_memory_utilization or (0.3 if on_cpu else 0.9)
+        eager = on_cpu if settings.enforce_eager is None else settings.enforce_eager
+        args = EngineArgs(
+            model=str(model_path),
+            served_model_name=[settings.model],
+            max_model_len=settings.max_model_len,
+            dtype=settings.dtype,
+            gpu_memory_utilization=memory,
+            enforce_eager=eager,
+            max_num_seqs=settings.max_num_seqs,
+            structured_outputs_config={
+                "backend": settings.structured_outputs_backend,
+                "disable_any_whitespace": settings.json_compact,
+            },
+            disable_log_stats=True,
+        )
+        log.info("starting vLLM engine for %s from %s", settings.model, model_path)
+        return cls(LLMEngine.from_engine_args(args), on_dead)
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def render_chat(self, messages: list[Message]) -> str:
+        """The chat as the model's chat template writes it, ready for the assistant's turn."""
+        return self._tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
+        )
+
+    def submit(self, request_id: str, prompt: str, params: SamplingParams) -> Future[Generation]:
+        future: Future[Generation] = Future()
+        if self._dead is not None or self._stopping.is_set():
+            future.set_exception(EngineDead("the engine is not running"))
+            return future
+        self._inbox.put(_Request(request_id, prompt, params, future))
+        return future
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the loop, fail what is still pending, and shut vLLM's engine processes down."""
+        self._stopping.set()
+        self._inbox.put(None)
+        self._thread.join(timeout_s)
+        self._fail_all(EngineDead("the worker is shutting down"))
+        try:
+            self._llm.engine_core.shutdown()
+        except Exception:  # the engine may already be gone; nothing more to free then
+            log.exception("error while shutting the engine down")
+
+    # -- the engine thread --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._admit(block=not self._running)
+                if self._running:
+                    self._collect(self._llm.step())
+        except BaseException as exc:  # the engine process died, or vLLM broke: nothing runs on
+            self._dead = exc
+            log.critical("the vLLM engine died: %r", exc)
+            self._fail_all(EngineDead(f"the engine died: {exc!r}"))
+            self._on_dead(exc)
+
+    def _admit(self, block: bool) -> None:
+        """Add every request that arrived since the last step; wait for one when idle."""
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            item = self._inbox.get(timeout=_IDLE_POLL_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while item is not None:
+            try:
+                self._llm.add_request(item.request_id, item.prompt, item.params)
+            except (VLLMClientError, ValueError, TypeError) as exc:
+                item.future.set_exception(EngineRejected(str(exc)))
+            else:
+                self._running[item.request_id] = item
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _collect(self, outputs: list[Any]) -> None:
+        self._steps += 1
+        step, batch = self._steps, len(outputs)
+        for out in outputs:
+            req = self._running.get(out.request_id)
+            if req is None:
+                continue
+            completion = out.outputs[0]
+            req.parts.append(completion.text)
+            req.completion_tokens += len(completion.token_ids)
+            if out.prompt_token_ids is not None:
+                req.prompt_tokens = len(out.prompt_token_ids)
+            req.first_step = req.first_step or step
+            req.last_step = step
+            req.max_batch = max(req.max_batch, batch)
+            if out.finished:
+                del self._running[out.request_id]
+                req.future.set_result(
+                    Generation(
+                        text="".join(req.parts),
+                        finish_reason=completion.finish_reason,
+                        prompt_tokens=req.prompt_tokens,
+                        completion_tokens=req.completion_tokens,
+                        first_step=req.first_step,
+                        last_step=req.last_step,
+                        max_batch=req.max_batch,
+                    )
+                )
+
+    def _fail_all(self, error: EngineDead) -> None:
+        pending = list(self._running.values())
+        self._running.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append(item)
+        for req in pending:
+            if not req.future.done():
+                req.future.set_exception(error)

@@ -1,0 +1,69 @@
+"""Worker settings (``STRUCTQ_*`` variables; see the README's settings table)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from shared.settings import CommonSettings
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(CommonSettings):
+    model_path: Path | None = Field(
+        None,
+        description="Local Hugging Face model folder to serve. Default: the bundled "
+        "SmolLM2-135M-Instruct, prepared once into STRUCTQ_CACHE_DIR.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "structq", description="Where prepared models are kept."
+    )
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This worker's name in job records and announcements.",
+    )
+    max_inflight: int = Field(
+        256, ge=1, description="Jobs one worker runs at once (Celery threads feeding the engine)."
+    )
+    # Engine options, passed to vLLM's EngineArgs.
+    max_model_len: int = Field(2048, ge=16, description="Context length the engine serves.")
+    dtype: str = Field("auto", description="Model dtype (vLLM's --dtype).")
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Share of accelerator memory vLLM may use; on CPU the share of RAM for its "
+        "KV cache. Default: 0.9 on a GPU, 0.3 on CPU.",
+    )
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture/compilation. Default: on for CPU, off on a GPU."
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Most sequences per engine step (vLLM's default when unset)."
+    )
+    json_compact: bool = Field(
+        True,
+        description="JSON outputs carry no whitespace between tokens (vLLM's "
+        "disable_any_whitespace, engine-wide). On by default, close to Outlines' default: small "
+        "models otherwise pad JSON with runs of newlines.",
+    )
+    structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines"] = Field(
+        "xgrammar",
+        description="vLLM's structured-output backend. xgrammar is what `auto` picks first; "
+        "it is named outright because vLLM allows STRUCTQ_JSON_COMPACT only with xgrammar "
+        "or guidance.",
+    )
+
+    @model_validator(mode="after")
+    def _compact_needs_backend(self) -> Self:
+        if self.json_compact and self.structured_outputs_backend not in ("xgrammar", "guidance"):
+            raise ValueError(
+                "STRUCTQ_JSON_COMPACT=true needs STRUCTQ_STRUCTURED_OUTPUTS_BACKEND xgrammar or "
+                f"guidance (got {self.structured_outputs_backend}); set one of them differently"
+            )
+        return self
