@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.routes import health, jobs
 from api.settings import ApiSettings
+from api.waiters import CompletionWaiters
 from shared.store import AsyncJobStore
 
 __all__ = ["create_app"]
@@ -28,9 +29,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         client = aioredis.from_url(settings.redis_url)
         app.state.redis = client
         app.state.store = AsyncJobStore(client, settings.job_ttl_s)
+        app.state.waiters = CompletionWaiters(client)
+        await app.state.waiters.start()
         try:
             yield
         finally:
+            await app.state.waiters.stop()
             await client.aclose()
 
     app = FastAPI(

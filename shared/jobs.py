@@ -118,6 +118,7 @@ class JobError(_Model):
     code: str
     message: str
     text: str | None = Field(None, description="Partial output, when there was any.")
+    usage: Usage | None = Field(None, description="Tokens used, when the engine ran the job.")
 
 
 class Job(JobCreate):

@@ -8,6 +8,7 @@ list of that exact name; priority levels add suffixes, see Celery's Redis transp
 from __future__ import annotations
 
 __all__ = [
+    "DONE_CHANNEL",
     "HEARTBEAT_TTL_S",
     "JOB_PREFIX",
     "QUEUE_PREFIX",
@@ -28,6 +29,10 @@ WORKER_PREFIX = "structq:worker:"
 
 # Lifetime of a worker's announcement; the worker renews it every third of that.
 HEARTBEAT_TTL_S = 15
+
+# Pub/sub channel: the id of every job that just reached a terminal status, published by the
+# same script that writes the status, so a long-polling client wakes the moment it is readable.
+DONE_CHANNEL = "structq:done"
 
 # The Celery task every job message names. The gateway writes these messages itself.
 TASK_NAME = "structq.run_job"

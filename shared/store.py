@@ -14,25 +14,29 @@ import redis
 import redis.asyncio as aioredis
 
 from shared.jobs import Job, JobStatus
-from shared.keys import job_key
+from shared.keys import DONE_CHANNEL, job_key
 
-__all__ = ["AsyncJobStore", "JobStore", "dump_job"]
+__all__ = ["AsyncJobStore", "JobStore", "dump_job", "is_terminal"]
 
-# KEYS[1]: the job hash. ARGV: new status, new record JSON, TTL seconds, then the statuses
-# the job may be in for the change to apply. Returns 1 when applied, else the current status
-# (nil when the job does not exist).
+# KEYS[1]: the job hash, KEYS[2]: the done channel. ARGV: new status, new record JSON, TTL
+# seconds, job id to publish on the done channel ('' for none), then the statuses the job may
+# be in for the change to apply. Returns 1 when applied, else the current status (nil when the
+# job does not exist).
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return nil end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if current == ARGV[i] then
     redis.call('HSET', KEYS[1], 'status', ARGV[1], 'job', ARGV[2])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    if ARGV[4] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
     return 1
   end
 end
 return current
 """
+
+_TERMINAL = frozenset(s.value for s in JobStatus if s.terminal)
 
 
 def dump_job(job: Job) -> str:
@@ -40,8 +44,15 @@ def dump_job(job: Job) -> str:
     return job.model_dump_json(by_alias=True)
 
 
+def is_terminal(status: bytes | str | None) -> bool:
+    if isinstance(status, bytes):
+        status = status.decode()
+    return status in _TERMINAL
+
+
 def _transition_args(job: Job, allowed: Iterable[JobStatus], ttl_s: int) -> list[str | int]:
-    return [job.status.value, dump_job(job), ttl_s, *(s.value for s in allowed)]
+    announce = job.id if job.status.terminal else ""
+    return [job.status.value, dump_job(job), ttl_s, announce, *(s.value for s in allowed)]
 
 
 class JobStore:
@@ -59,7 +70,7 @@ class JobStore:
     def transition(self, job: Job, allowed: Iterable[JobStatus]) -> bool:
         """Store ``job`` (carrying its new status) if its stored status is one of ``allowed``."""
         done = self._transition(
-            keys=[job_key(job.id)], args=_transition_args(job, allowed, self._ttl_s)
+            keys=[job_key(job.id), DONE_CHANNEL], args=_transition_args(job, allowed, self._ttl_s)
         )
         return done == 1
 
@@ -80,6 +91,7 @@ class AsyncJobStore:
             pipe.lpush(queue, message)
             await pipe.execute()
 
-    async def get_raw(self, job_id: str) -> bytes | None:
-        """The stored record's JSON, as stored (already the public shape)."""
-        return await self._redis.hget(job_key(job_id), "job")
+    async def get_raw(self, job_id: str) -> tuple[bytes | None, bytes | None]:
+        """The stored status and record JSON (already the public shape); Nones when unknown."""
+        status, raw = await self._redis.hmget(job_key(job_id), ["status", "job"])
+        return status, raw

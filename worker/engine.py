@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from worker.settings import WorkerSettings
 
-__all__ = ["Engine", "Generation"]
+__all__ = ["Engine", "Generation", "engine_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,28 @@ class _Request:
     max_batch: int = 0
 
 
+def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
+    """vLLM's engine arguments from the worker's settings, as keywords of ``EngineArgs`` (and of
+    ``vllm.LLM``, which the benchmark's raw-vLLM baseline builds with the very same ones)."""
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    return dict(
+        model=str(model_path),
+        served_model_name=[settings.model],
+        max_model_len=settings.max_model_len,
+        dtype=settings.dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if on_cpu else 0.9),
+        enforce_eager=on_cpu if settings.enforce_eager is None else settings.enforce_eager,
+        max_num_seqs=settings.max_num_seqs,
+        structured_outputs_config={
+            "backend": settings.structured_outputs_backend,
+            "disable_any_whitespace": settings.json_compact,
+        },
+        disable_log_stats=True,
+    )
+
+
 class Engine:
     """A vLLM engine owned by one thread; every other thread talks to it through futures."""
 
@@ -83,28 +105,12 @@ class Engine:
     def start(
         cls, settings: WorkerSettings, model_path: Path, on_dead: Callable[[BaseException], None]
     ) -> Engine:
-        from vllm.engine.arg_utils import EngineArgs
-        from vllm.platforms import current_platform
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        on_cpu = current_platform.is_cpu()
-        memory = settings.gpu_memory_utilization or (0.3 if on_cpu else 0.9)
-        eager = on_cpu if settings.enforce_eager is None else settings.enforce_eager
-        args = EngineArgs(
-            model=str(model_path),
-            served_model_name=[settings.model],
-            max_model_len=settings.max_model_len,
-            dtype=settings.dtype,
-            gpu_memory_utilization=memory,
-            enforce_eager=eager,
-            max_num_seqs=settings.max_num_seqs,
-            structured_outputs_config={
-                "backend": settings.structured_outputs_backend,
-                "disable_any_whitespace": settings.json_compact,
-            },
-            disable_log_stats=True,
-        )
         log.info("starting vLLM engine for %s from %s", settings.model, model_path)
+        from vllm.engine.arg_utils import EngineArgs
+
+        args = EngineArgs(**engine_kwargs(settings, model_path))
         return cls(LLMEngine.from_engine_args(args), on_dead)
 
     @property

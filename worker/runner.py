@@ -67,6 +67,9 @@ class JobRunner:
                 "error": JobError(code="internal_error", message=f"{type(exc).__name__}: {exc}"),
             }
         if generation is not None:
+            error = update.get("error")
+            if isinstance(error, JobError):
+                update["error"] = error.model_copy(update={"usage": _usage(generation)})
             update["engine"] = EngineStats(
                 worker=self._worker_id,
                 first_step=generation.first_step,
@@ -100,7 +103,11 @@ def _result(job: Job, generation: Generation) -> JobResult:
         text=text,
         value=value,
         finish_reason=generation.finish_reason,
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
-        ),
+        usage=_usage(generation),
+    )
+
+
+def _usage(generation: Generation) -> Usage:
+    return Usage(
+        prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
     )

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
-from api.deps import SettingsDep, StoreDep
+from api.deps import SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
 from shared.celery_message import task_message
 from shared.errors import JobNotFound
 from shared.jobs import Job, JobCreate, JobPublic
 from shared.keys import queue_name
-from shared.store import dump_job
+from shared.store import dump_job, is_terminal
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _JSON = "application/json"
+# Longest long-poll a client may ask for (`GET /v1/jobs/{id}?wait=`).
+MAX_WAIT_S = 60
 
 
 @router.post(
@@ -54,9 +59,33 @@ async def create_job(body: JobCreate, store: StoreDep, settings: SettingsDep) ->
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
-async def get_job(job_id: str, store: StoreDep) -> Response:
+async def get_job(
+    job_id: str,
+    store: StoreDep,
+    waiters: WaitersDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Long-poll: answer as soon as the job is finished, or after this many "
+            "seconds with the job as it is then.",
+        ),
+    ] = 0,
+) -> Response:
     """The job as stored: its status, timestamps, and its result or error once finished."""
-    raw = await store.get_raw(job_id)
+    if wait <= 0:
+        return _job_response(job_id, *await store.get_raw(job_id))
+    async with waiters.watch(job_id) as finished:
+        status, raw = await store.get_raw(job_id)
+        if raw is not None and not is_terminal(status):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=wait)
+            status, raw = await store.get_raw(job_id)
+    return _job_response(job_id, status, raw)
+
+
+def _job_response(job_id: str, status: bytes | None, raw: bytes | None) -> Response:
     if raw is None:
         raise JobNotFound(f"no job {job_id!r} (unknown, or past its retention time)")
     return Response(content=raw, media_type=_JSON)

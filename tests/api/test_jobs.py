@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -128,3 +129,46 @@ def test_redis_down_is_503_with_retry_after():
         assert response.json()["error"]["code"] == "service_unavailable"
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
+
+
+def test_long_poll_wakes_when_the_job_finishes(client, redis_client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.jobs import JobStatus
+    from shared.store import JobStore
+
+    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
+    store = JobStore(redis_client, ttl_s=100)
+
+    def finish_later() -> float:
+        time.sleep(0.5)
+        job = store.get(job_id)
+        assert store.transition(
+            job.model_copy(update={"status": JobStatus.RUNNING}), [JobStatus.QUEUED]
+        )
+        done = job.model_copy(update={"status": JobStatus.FAILED})
+        assert store.transition(done, [JobStatus.RUNNING])
+        return time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        finished = pool.submit(finish_later)
+        response = client.get(f"/v1/jobs/{job_id}", params={"wait": 20})
+        answered = time.monotonic()
+    assert response.json()["status"] == "failed"
+    assert answered - finished.result() < 0.1
+
+
+def test_long_poll_times_out_with_the_job_as_it_is(client):
+    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
+    started = time.monotonic()
+    response = client.get(f"/v1/jobs/{job_id}", params={"wait": 0.3})
+    assert response.json()["status"] == "queued"
+    assert time.monotonic() - started >= 0.3
+
+
+@pytest.mark.parametrize("wait", [-1, 61, "soon"])
+def test_long_poll_wait_is_bounded(client, wait):
+    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
+    response = client.get(f"/v1/jobs/{job_id}", params={"wait": wait})
+    assert response.status_code == 422
+    assert "wait" in response.json()["error"]["message"]

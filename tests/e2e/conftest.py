@@ -43,19 +43,22 @@ def submit(api: httpx.Client, body: dict[str, Any]) -> str:
 def wait_for(
     api: httpx.Client, job_ids: Iterable[str], timeout_s: float = 180, statuses: set[str] = TERMINAL
 ) -> dict[str, dict[str, Any]]:
-    """Poll until every job reaches one of ``statuses``; the jobs by id."""
+    """Wait until every job reaches one of ``statuses``; the jobs by id. Terminal states are
+    awaited with the API's long-poll, others by polling."""
     pending = list(job_ids)
     done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
+    wait = 10 if statuses <= TERMINAL else 0
     while pending:
         for job_id in list(pending):
-            job = api.get(f"/v1/jobs/{job_id}").json()
+            job = api.get(f"/v1/jobs/{job_id}", params={"wait": wait}).json()
             if job["status"] in statuses:
                 done[job_id] = job
                 pending.remove(job_id)
         if pending:
             assert time.monotonic() < deadline, f"jobs not {statuses} after {timeout_s}s: {pending}"
-            time.sleep(0.05)
+            if not wait:
+                time.sleep(0.02)
     return done
 
 
