@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit worker gateway lint clean
+.PHONY: setup demo test test-unit bench worker gateway lint clean
 
 setup:
 	./scripts/setup.sh
@@ -18,6 +18,11 @@ test: setup
 ## Only the fast tests (no engine).
 test-unit: setup
 	$(PY) -m pytest -m "not e2e"
+
+## structq against raw vLLM, side by side (see the README's Benchmark section).
+bench: setup
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench
 
 ## Run the parts by hand (Redis aside): see the README for their settings.
 worker: setup

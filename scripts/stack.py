@@ -199,12 +199,17 @@ class Stack:
         }
 
     def start(self) -> None:
-        self._redis, self.redis_url = start_redis(self.workdir)
-        self._children.append(self._redis)
-        _log(f"redis on {self.redis_url}")
-        if self._with_worker:
-            self.start_worker()
-        self.start_gateway()
+        """Start everything; if any part fails, stop what did start before raising."""
+        try:
+            self._redis, self.redis_url = start_redis(self.workdir)
+            self._children.append(self._redis)
+            _log(f"redis on {self.redis_url}")
+            if self._with_worker:
+                self.start_worker()
+            self.start_gateway()
+        except BaseException:
+            self.stop()
+            raise
 
     def start_worker(self) -> _Child:
         started = time.monotonic()

@@ -77,16 +77,9 @@ class JsonSchemaSpec(_Spec):
     @field_validator("json_schema")
     @classmethod
     def _check_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(map(str, exc.absolute_path)) or "(root)"
-            raise ValueError(f"invalid JSON Schema at {where}: {exc.message}") from None
-        try:
-            build_regex_from_schema(json.dumps(schema))
-        except (ValueError, TypeError) as exc:
-            first = str(exc).splitlines()[0]
-            raise ValueError(f"JSON Schema not supported for generation: {first}") from None
+        problem = _schema_problem(json.dumps(schema, sort_keys=True))
+        if problem is not None:
+            raise ValueError(problem)
         return schema
 
     def parse(self, text: str) -> Any:
@@ -211,6 +204,22 @@ def _full_match(pattern: str, text: str) -> None:
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
+
+
+@lru_cache(maxsize=1024)
+def _schema_problem(schema_json: str) -> str | None:
+    """Why a JSON Schema can't be used (None: it can), cached: checking costs milliseconds."""
+    schema = json.loads(schema_json)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "(root)"
+        return f"invalid JSON Schema at {where}: {exc.message}"
+    try:
+        build_regex_from_schema(schema_json)
+    except (ValueError, TypeError) as exc:
+        return f"JSON Schema not supported for generation: {str(exc).splitlines()[0]}"
+    return None
 
 
 @lru_cache(maxsize=256)

@@ -8,13 +8,14 @@ prefork child cannot host. ``python -m worker`` starts it with the right options
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 
 import redis
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from shared.keys import queue_name
 from shared.store import JobStore
@@ -83,6 +84,7 @@ def _start_engine(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_engine(**_: object) -> None:
+    """Warm shutdown (SIGTERM, first SIGINT): in-flight tasks are done; free the engine."""
     heartbeat = _state.pop("heartbeat", None)
     if heartbeat is not None:
         heartbeat.stop()  # type: ignore[attr-defined]
@@ -90,3 +92,15 @@ def _stop_engine(**_: object) -> None:
     if engine is not None:
         log.info("shutting the engine down")
         engine.shutdown()  # type: ignore[attr-defined]
+
+
+@worker_shutting_down.connect
+def _cold_stop(how: str = "", **_: object) -> None:
+    # Celery's cold shutdown (SIGQUIT, a second SIGINT) never sends worker_shutdown, and would
+    # leave vLLM's EngineCore process running without its parent.
+    if how == "Cold":
+        _stop_engine()
+
+
+# Any other way out of the interpreter (an exception, sys.exit) still frees the engine.
+atexit.register(_stop_engine)

