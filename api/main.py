@@ -26,7 +26,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.from_url(settings.redis_url)
+        # Blocking pool: past its size a request waits for a connection; redis-py's default
+        # pool refuses outright ("Too many connections"), turning a burst into 503s.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
+        )
+        client = aioredis.Redis(connection_pool=pool)
         app.state.redis = client
         app.state.store = AsyncJobStore(client, settings.job_ttl_s)
         app.state.waiters = CompletionWaiters(client)

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import socket
-import uuid
 
 from shared.keys import TASK_NAME
 
@@ -25,9 +24,13 @@ _ORIGIN = f"structq-gateway@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def task_message(job_id: str, queue: str, *, priority: int = 0) -> str:
-    """The JSON envelope Kombu's Redis transport expects on the queue's list."""
-    task_id = str(uuid.uuid4())
+def task_message(job_id: str, queue: str, *, task_id: str | None = None, priority: int = 0) -> str:
+    """The JSON envelope Kombu's Redis transport expects on the queue's list.
+
+    ``task_id`` (also the delivery tag) must be unique among messages in flight; by default it
+    is the job id, which is, as long as a job has one message at a time.
+    """
+    task_id = task_id or job_id
     body = json.dumps([[job_id], {}, _EMBED]).encode()
     return json.dumps(
         {
@@ -62,7 +65,7 @@ def task_message(job_id: str, queue: str, *, priority: int = 0) -> str:
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": priority,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": task_id,
             },
         }
     )

@@ -36,6 +36,14 @@ end
 return current
 """
 
+# KEYS[1]: the job hash, KEYS[2]: its queue. ARGV: status, record JSON, TTL, task message.
+# One script rather than MULTI/EXEC: as atomic, and one command for the gateway to send.
+_CREATE = """
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'job', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[2], ARGV[4])
+"""
+
 _TERMINAL = frozenset(s.value for s in JobStatus if s.terminal)
 
 
@@ -81,15 +89,15 @@ class AsyncJobStore:
     def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._create = client.register_script(_CREATE)
 
-    async def create(self, job: Job, queue: str, message: str) -> None:
-        """Store a queued job and push its task message, all or nothing."""
-        key = job_key(job.id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"status": job.status.value, "job": dump_job(job)})
-            pipe.expire(key, self._ttl_s)
-            pipe.lpush(queue, message)
-            await pipe.execute()
+    async def create(self, job: Job, queue: str, message: str) -> str:
+        """Store a queued job and push its task message, all or nothing; the stored JSON."""
+        record = dump_job(job)
+        await self._create(
+            keys=[job_key(job.id), queue], args=[job.status.value, record, self._ttl_s, message]
+        )
+        return record
 
     async def get_raw(self, job_id: str) -> tuple[bytes | None, bytes | None]:
         """The stored status and record JSON (already the public shape); Nones when unknown."""

@@ -73,7 +73,11 @@ def _start_engine(**_: object) -> None:
         # Celery logs and swallows exceptions from signal handlers; a worker without an engine
         # must not consume jobs, so leave now.
         raise SystemExit(1) from None
-    client = redis.Redis.from_url(settings.redis_url)
+    # One connection per task thread at most, plus the heartbeat: a burst never runs out.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.max_inflight + 4, timeout=30
+    )
+    client = redis.Redis(connection_pool=pool)
     _state["engine"] = engine
     _state["runner"] = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings.worker_id)
     heartbeat = Heartbeat(client, settings.worker_id, settings.model)

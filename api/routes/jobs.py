@@ -15,7 +15,7 @@ from shared.celery_message import task_message
 from shared.errors import JobNotFound
 from shared.jobs import Job, JobCreate, JobPublic
 from shared.keys import queue_name
-from shared.store import dump_job, is_terminal
+from shared.store import is_terminal
 
 __all__ = ["router"]
 
@@ -49,9 +49,9 @@ async def create_job(body: JobCreate, store: StoreDep, settings: SettingsDep) ->
     fields = {name: getattr(body, name) for name in JobCreate.model_fields}
     job = Job(**{**fields, "model": model}, id=str(uuid.uuid4()))
     queue = queue_name(model)
-    await store.create(job, queue, task_message(job.id, queue))
+    record = await store.create(job, queue, task_message(job.id, queue))
     return Response(
-        content=dump_job(job),
+        content=record,
         status_code=202,
         media_type=_JSON,
         headers={"Location": f"/v1/jobs/{job.id}"},

@@ -172,3 +172,17 @@ def test_long_poll_wait_is_bounded(client, wait):
     response = client.get(f"/v1/jobs/{job_id}", params={"wait": wait})
     assert response.status_code == 422
     assert "wait" in response.json()["error"]["message"]
+
+
+def test_a_burst_larger_than_the_redis_pool_waits_instead_of_failing(redis_client, redis_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = ApiSettings(redis_url=redis_url, redis_max_connections=3)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(24) as pool:
+        codes = list(
+            pool.map(
+                lambda _: client.post("/v1/jobs", json={"prompt": "x"}).status_code, range(120)
+            )
+        )
+    assert codes == [202] * 120
+    assert redis_client.llen(QUEUE) == 120
