@@ -1,6 +1,6 @@
 """Celery task messages (protocol 2), written by the gateway without a Celery producer.
 
-The gateway stores a job and enqueues its task in one Redis MULTI/EXEC, so a job is never
+The gateway stores a job and enqueues its task in one atomic Redis script, so a job is never
 stored without its message nor enqueued without its record, and the async handler never
 blocks on a synchronous Celery publish. The envelope is exactly what
 ``celery.Celery.send_task`` writes for the Redis transport (see
