@@ -75,17 +75,17 @@ async def get_job(
 ) -> Response:
     """The job as stored: its status, timestamps, and its result or error once finished."""
     if wait <= 0:
-        return _job_response(job_id, *await store.get_raw(job_id))
+        return _job_response(job_id, (await store.get_raw(job_id))[1])
     async with waiters.watch(job_id) as finished:
         status, raw = await store.get_raw(job_id)
         if raw is not None and not is_terminal(status):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=wait)
             status, raw = await store.get_raw(job_id)
-    return _job_response(job_id, status, raw)
+    return _job_response(job_id, raw)
 
 
-def _job_response(job_id: str, status: bytes | None, raw: bytes | None) -> Response:
+def _job_response(job_id: str, raw: bytes | None) -> Response:
     if raw is None:
         raise JobNotFound(f"no job {job_id!r} (unknown, or past its retention time)")
     return Response(content=raw, media_type=_JSON)
