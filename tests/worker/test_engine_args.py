@@ -47,3 +47,24 @@ def test_engine_keywords_follow_the_settings(tmp_path):
 def test_compact_json_needs_a_backend_that_supports_it():
     with pytest.raises(ValueError, match="STRUCTQ_JSON_COMPACT=true needs"):
         WorkerSettings(json_compact=True, structured_outputs_backend="auto")
+
+
+@pytest.mark.parametrize(
+    ("setting", "on_cpu", "expected"),
+    [
+        (None, True, {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}),
+        (None, False, {}),
+        (True, True, {}),
+        (False, False, {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}),
+    ],
+)
+def test_unchunked_prefill_on_cpu_with_a_budget_for_the_longest_prompt(
+    monkeypatch, tmp_path, setting, on_cpu, expected
+):
+    from vllm.platforms import current_platform
+
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: on_cpu)
+    settings = WorkerSettings(max_model_len=8192, chunked_prefill=setting)
+    kwargs = engine.engine_kwargs(settings, tmp_path)
+    got = {k: kwargs[k] for k in ("enable_chunked_prefill", "max_num_batched_tokens") if k in kwargs}
+    assert got == expected
