@@ -66,5 +66,6 @@ def test_unchunked_prefill_on_cpu_with_a_budget_for_the_longest_prompt(
     monkeypatch.setattr(current_platform, "is_cpu", lambda: on_cpu)
     settings = WorkerSettings(max_model_len=8192, chunked_prefill=setting)
     kwargs = engine.engine_kwargs(settings, tmp_path)
-    got = {k: kwargs[k] for k in ("enable_chunked_prefill", "max_num_batched_tokens") if k in kwargs}
+    keys = ("enable_chunked_prefill", "max_num_batched_tokens")
+    got = {k: kwargs[k] for k in keys if k in kwargs}
     assert got == expected
