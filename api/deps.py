@@ -14,7 +14,7 @@ from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.store import AsyncJobStore
 
-__all__ = ["SettingsDep", "StoreDep", "WaitersDep"]
+__all__ = ["ClientDep", "SettingsDep", "StoreDep", "WaitersDep"]
 
 
 async def _settings(request: Request) -> ApiSettings:
@@ -29,6 +29,12 @@ async def _waiters(request: Request) -> CompletionWaiters:
     return request.app.state.waiters
 
 
+async def _client(request: Request) -> str:
+    # Who is calling: scopes Idempotency-Keys. One shared scope until API keys exist.
+    return "anonymous"
+
+
+ClientDep = Annotated[str, Depends(_client)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(_store)]
 WaitersDep = Annotated[CompletionWaiters, Depends(_waiters)]

@@ -41,9 +41,8 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 async def _structq(_: Request, exc: StructqError) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.retryable else None
-    return JSONResponse(
-        status_code=exc.http_status, content=_body(exc.code, exc.message), headers=headers
-    )
+    body = {"error": {"code": exc.code, "message": exc.message, **exc.extra}}
+    return JSONResponse(status_code=exc.http_status, content=body, headers=headers)
 
 
 async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:

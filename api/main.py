@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, jobs
+from api.janitor import Janitor
+from api.routes import admin, health, jobs
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
+from shared.redis_pools import async_client
 from shared.store import AsyncJobStore
 
 __all__ = ["create_app"]
@@ -26,19 +27,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Blocking pool: past its size a request waits for a connection; redis-py's default
-        # pool refuses outright ("Too many connections"), turning a burst into 503s.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        client = async_client(settings.redis_url, settings.redis_max_connections)
         app.state.redis = client
         app.state.store = AsyncJobStore(client, settings.job_ttl_s)
         app.state.waiters = CompletionWaiters(client)
         await app.state.waiters.start()
+        janitor = Janitor(app.state.store, settings)
+        janitor.start()
         try:
             yield
         finally:
+            await janitor.stop()
             await app.state.waiters.stop()
             await client.aclose()
 
@@ -51,5 +50,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     return app

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from shared.settings import CommonSettings
 
@@ -24,6 +26,33 @@ class ApiSettings(CommonSettings):
         description="More served model names the gateway accepts beside STRUCTQ_MODEL "
         "(JSON list), each routed to its own queue.",
     )
+
+    idempotency_ttl_s: int = Field(
+        86_400,
+        gt=0,
+        description="How long an Idempotency-Key is remembered (at most STRUCTQ_JOB_TTL_S).",
+    )
+    janitor_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the gateway's janitor expires overdue queued jobs and re-queues "
+        "the running jobs of dead workers.",
+    )
+    cancel_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long `POST /v1/jobs/{id}/cancel` waits for a running job to stop "
+        "before answering 202 with the job still running.",
+    )
+
+    @model_validator(mode="after")
+    def _idempotency_within_job_ttl(self) -> Self:
+        if self.idempotency_ttl_s > self.job_ttl_s:
+            raise ValueError(
+                f"STRUCTQ_IDEMPOTENCY_TTL_S ({self.idempotency_ttl_s}) must not exceed "
+                f"STRUCTQ_JOB_TTL_S ({self.job_ttl_s}): a key would outlive its job"
+            )
+        return self
 
     @property
     def models(self) -> list[str]:

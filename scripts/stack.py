@@ -115,8 +115,13 @@ class _Child:
         return members
 
 
-def start_redis(workdir: Path, port: int | None = None) -> tuple[_Child, str]:
-    """A throwaway Redis server on a free local port (no persistence)."""
+def start_redis(
+    workdir: Path, port: int | None = None, durable: bool = False
+) -> tuple[_Child, str]:
+    """A Redis server on a free local port (or ``port``), its files in ``workdir``.
+    ``durable``: as structq runs it in production, with an append-only file fsynced every
+    second and no eviction (a full Redis refuses writes rather than drop jobs); else no
+    persistence at all."""
     server = shutil.which("redis-server")
     if server is None:
         raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -131,8 +136,13 @@ def start_redis(workdir: Path, port: int | None = None) -> tuple[_Child, str]:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(
+                ["--appendonly", "yes", "--appendfsync", "everysec"]
+                if durable
+                else ["--appendonly", "no"]
+            ),
+            "--maxmemory-policy",
+            "noeviction",
             "--dir",
             str(workdir),
         ],
@@ -201,7 +211,7 @@ class Stack:
     def start(self) -> None:
         """Start everything; if any part fails, stop what did start before raising."""
         try:
-            self._redis, self.redis_url = start_redis(self.workdir)
+            self._redis, self.redis_url = start_redis(self.workdir, durable=True)
             self._children.append(self._redis)
             _log(f"redis on {self.redis_url}")
             if self._with_worker:
@@ -211,10 +221,34 @@ class Stack:
             self.stop()
             raise
 
-    def start_worker(self) -> _Child:
+    def restart_redis(self) -> None:
+        """Stop Redis (SIGTERM: it flushes its append-only file) and start it again on the
+        same port with the same files."""
+        assert self._redis is not None
+        self._redis.stop(10)
+        self._children.remove(self._redis)
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        self._redis, _ = start_redis(self.workdir, port=port, durable=True)
+        self._children.append(self._redis)
+        _log(f"redis restarted on {self.redis_url}")
+
+    def stop_worker(self, sig: int = signal.SIGTERM, timeout_s: float = 120) -> int:
+        """Send ``sig`` to the worker process alone and wait for it to exit; its exit code
+        (negative: the signal that ended it). Its engine processes are not touched."""
+        worker = self.worker
+        assert worker is not None
+        worker.proc.send_signal(sig)
+        code = worker.proc.wait(timeout_s)
+        _log(f"worker (pid {worker.proc.pid}) exited with {code} after signal {sig}")
+        return code
+
+    def start_worker(self, env: Mapping[str, str] | None = None) -> _Child:
         started = time.monotonic()
         self.worker = _Child(
-            "worker", [sys.executable, "-m", "worker"], self.env(), self.workdir / "worker.log"
+            "worker",
+            [sys.executable, "-m", "worker"],
+            {**self.env(), **(env or {})},
+            self.workdir / "worker.log",
         )
         self._children.append(self.worker)
         _log(f"worker starting (pid {self.worker.proc.pid}); log: {self.worker.log_path}")

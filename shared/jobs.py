@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared.keys import PRIORITY_LEVELS
 from shared.output_types import OutputType, TextSpec
 
 __all__ = [
@@ -39,10 +40,17 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether `POST /v1/jobs/{id}/retry` may queue the job again."""
+        return self in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
 
 
 class _Model(BaseModel):
@@ -85,11 +93,31 @@ class JobCreate(_Model):
     sampling: Sampling = Field(default_factory=Sampling)
     model: str | None = Field(None, description="Served model name; default: the pool's model.")
     metadata: dict[_MetadataKey, _MetadataValue] = Field(default_factory=dict, max_length=16)
+    priority: int = Field(
+        0,
+        ge=0,
+        le=PRIORITY_LEVELS - 1,
+        description="Higher runs first when the queue is backed up (0: normal, 3: most urgent).",
+    )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="Absolute time (with a timezone). Not started by then: `expired`, never "
+        "run. Still running then: aborted, `failed` with `deadline_exceeded`.",
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="The same as `deadline`, in seconds from submission."
+    )
 
     @model_validator(mode="after")
     def _prompt_xor_messages(self) -> Self:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` and `messages`")
+        return self
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> Self:
+        if self.deadline is not None and self.timeout_s is not None:
+            raise ValueError("give at most one of `deadline` and `timeout_s`")
         return self
 
 
@@ -130,10 +158,20 @@ class Job(JobCreate):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="Runs started (a run a drain interrupted is given back).")
+    retries: int = Field(0, description="Times `POST /v1/jobs/{id}/retry` queued it again.")
+    worker: str | None = Field(None, description="The worker of the latest run.")
     result: JobResult | None = None
     error: JobError | None = None
     engine: EngineStats | None = None
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> Self:
+        # Stored, `deadline` is resolved: set from `timeout_s` when the client gave that.
+        return self
+
+    def deadline_ts(self) -> float | None:
+        return None if self.deadline is None else self.deadline.timestamp()
 
 
 class JobPublic(Job):

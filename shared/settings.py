@@ -36,6 +36,31 @@ class CommonSettings(BaseSettings):
     max_tokens_limit: int = Field(
         4096, gt=0, description="Largest `sampling.max_tokens` a job may ask for."
     )
+    max_run_s: int = Field(
+        3600,
+        gt=0,
+        description="Longest a job may run once started; past it (or past its own deadline) "
+        "it is aborted and fails `deadline_exceeded`. Also bounds a job's `timeout_s`.",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Runs a job gets when its worker dies under it or its engine fails; then "
+        "it fails `max_attempts_exceeded` and goes to the dead-letter list.",
+    )
+    heartbeat_ttl_s: float = Field(
+        15,
+        gt=0,
+        description="Lifetime of a worker's heartbeat key (renewed every third of it). A "
+        "running job whose worker's key is gone is re-queued by the gateway's janitor.",
+    )
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Celery's (kombu's) visibility timeout: when an unacknowledged message is handed out
+        again. Longer than any job may run, so a running job is never re-delivered while its
+        worker lives; crashed workers' jobs are re-queued sooner by the janitor."""
+        return 2 * self.max_run_s + 600
 
     @classmethod
     def load(cls) -> Self:

@@ -4,6 +4,15 @@ The engine is built once, in ``worker_init`` (before the worker consumes anythin
 down in ``worker_shutdown``, so Celery's shutdown signals also stop vLLM's EngineCore process.
 The pool must be ``threads`` (or ``solo``): vLLM spawns its EngineCore process, which a
 prefork child cannot host. ``python -m worker`` starts it with the right options.
+
+Ways out, and what happens to the jobs:
+
+- SIGTERM (warm shutdown): Celery stops consuming; running jobs get STRUCTQ_DRAIN_TIMEOUT_S
+  to finish, then the rest are aborted and re-queued; the engine is shut down; exit 0.
+- The engine dies: running jobs are re-queued (within max_attempts), the worker stops
+  consuming and exits 1 so that its supervisor starts a fresh one.
+- SIGKILL: nothing runs here; the gateway's janitor re-queues this worker's running jobs once
+  its heartbeat key expires, and vLLM's EngineCore exits on its own (see ``worker.orphans``).
 """
 
 from __future__ import annotations
@@ -11,37 +20,59 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
+import threading
 
-import redis
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from shared.keys import queue_name
+from shared.keys import QUEUE_SEP, kombu_priority_steps, queue_name
+from shared.redis_pools import sync_client
 from shared.store import JobStore
-from worker.heartbeat import Heartbeat
 from worker.settings import WorkerSettings
 
-__all__ = ["app", "runner", "settings"]
+__all__ = ["app", "celery_config", "runner", "settings"]
 
 log = logging.getLogger(__name__)
 
 settings = WorkerSettings.load()
 
+# vLLM forks its engine processes by default where it can; forking a process that runs
+# hundreds of task threads is unsafe. (On CPU vLLM spawns anyway.)
+os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, object]:
+    """Celery settings every structq Celery app uses (the visibility timeout must agree
+    everywhere a Celery client or worker reads it)."""
+    transport = {
+        # A message unacknowledged this long is handed out again: longer than any job runs.
+        "visibility_timeout": settings.visibility_timeout_s,
+        # Job priorities: one Redis list per step, popped highest priority first.
+        "priority_steps": kombu_priority_steps(),
+        "sep": QUEUE_SEP,
+        "queue_order_strategy": "priority",
+    }
+    return dict(
+        task_default_queue=queue_name(settings.model),
+        task_ignore_result=True,
+        # A job's message is acknowledged once the job has run, not when it is received...
+        task_acks_late=True,
+        # ...and given back if the worker process dies under it.
+        task_reject_on_worker_lost=True,
+        # A worker reserves at most one message per task thread: it takes no more jobs than it
+        # runs at once, so the rest stay in the queue for other workers (and autoscalers).
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=settings.max_inflight,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        worker_hijack_root_logger=False,
+    )
+
+
 app = Celery("structq", broker=settings.redis_url, include=["worker.tasks"])
-app.conf.update(
-    task_default_queue=queue_name(settings.model),
-    task_ignore_result=True,
-    # A job's message is acknowledged once the job has run, not when it is received.
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    # Each thread holds at most one reserved message beyond what it runs.
-    worker_prefetch_multiplier=1,
-    worker_pool="threads",
-    worker_concurrency=settings.max_inflight,
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-)
+app.conf.update(celery_config(settings))
 
 _state: dict[str, object] = {}
 
@@ -54,56 +85,73 @@ def runner():  # -> worker.runner.JobRunner (imported lazily: it pulls in the en
 
 
 def _engine_died(exc: BaseException) -> None:
-    # Stop consuming: Celery's warm shutdown lets in-flight tasks record their failure.
-    log.critical("engine died (%r); shutting the worker down", exc)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # Stop consuming and exit 1 (Celery's warm shutdown with a failure code): the jobs that
+    # were running have been failed over to the queue by their task threads.
+    from celery.worker import state
+
+    log.critical("engine died (%r); shutting the worker down with exit code 1", exc)
+    state.should_stop = 1
 
 
 @worker_init.connect
 def _start_engine(**_: object) -> None:
+    from worker.cancels import CancelListener
     from worker.engine import Engine
+    from worker.heartbeat import Heartbeat
     from worker.model import prepare_default_model
+    from worker.orphans import guard_engine_processes
     from worker.runner import JobRunner
 
     try:
         model_path = settings.model_path or prepare_default_model(settings.cache_dir)
         engine = Engine.start(settings, model_path, on_dead=_engine_died)
+        guard_engine_processes()
     except Exception:
         log.exception("could not start the engine")
         # Celery logs and swallows exceptions from signal handlers; a worker without an engine
         # must not consume jobs, so leave now.
         raise SystemExit(1) from None
-    # One connection per task thread at most, plus the heartbeat: a burst never runs out.
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.max_inflight + 4, timeout=30
-    )
-    client = redis.Redis(connection_pool=pool)
+    # One connection per task thread at most, plus the heartbeat and cancel listener.
+    client = sync_client(settings.redis_url, max_connections=settings.max_inflight + 4)
+    job_runner = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings)
     _state["engine"] = engine
-    _state["runner"] = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings.worker_id)
-    heartbeat = Heartbeat(client, settings.worker_id, settings.model)
+    _state["runner"] = job_runner
+    cancels = CancelListener(client, job_runner.cancel)
+    cancels.start()
+    _state["cancels"] = cancels
+    heartbeat = Heartbeat(client, settings.worker_id, settings.model, settings.heartbeat_ttl_s)
     heartbeat.start()
     _state["heartbeat"] = heartbeat
     log.info("engine ready; consuming %s", queue_name(settings.model))
 
 
+@worker_shutting_down.connect
+def _shutting_down(how: str = "", **_: object) -> None:
+    job_runner = _state.get("runner")
+    if how == "Warm" and job_runner is not None:
+        # Celery now waits for the running tasks; give them the drain timeout, then re-queue.
+        job_runner.drain()  # type: ignore[attr-defined]
+        log.info("draining: running jobs get %.0f s to finish", settings.drain_timeout_s)
+        timer = threading.Timer(settings.drain_timeout_s, job_runner.requeue_running)  # type: ignore[attr-defined]
+        timer.daemon = True
+        timer.start()
+    elif how == "Cold":
+        # Celery's cold shutdown (SIGQUIT, a second SIGINT) never sends worker_shutdown, and
+        # would leave vLLM's EngineCore process running without its parent.
+        _stop_engine()
+
+
 @worker_shutdown.connect
 def _stop_engine(**_: object) -> None:
-    """Warm shutdown (SIGTERM, first SIGINT): in-flight tasks are done; free the engine."""
-    heartbeat = _state.pop("heartbeat", None)
-    if heartbeat is not None:
-        heartbeat.stop()  # type: ignore[attr-defined]
+    """Warm shutdown: in-flight tasks are done (finished or re-queued); free the engine."""
+    for name in ("heartbeat", "cancels"):
+        part = _state.pop(name, None)
+        if part is not None:
+            part.stop()  # type: ignore[attr-defined]
     engine = _state.pop("engine", None)
     if engine is not None:
         log.info("shutting the engine down")
         engine.shutdown()  # type: ignore[attr-defined]
-
-
-@worker_shutting_down.connect
-def _cold_stop(how: str = "", **_: object) -> None:
-    # Celery's cold shutdown (SIGQUIT, a second SIGINT) never sends worker_shutdown, and would
-    # leave vLLM's EngineCore process running without its parent.
-    if how == "Cold":
-        _stop_engine()
 
 
 # Any other way out of the interpreter (an exception, sys.exit) still frees the engine.

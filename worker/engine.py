@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import EngineDead, EngineRejected
+from shared.errors import EngineDead, EngineRejected, JobAborted
 from shared.jobs import Message
 
 if TYPE_CHECKING:
@@ -51,6 +51,14 @@ class Generation:
     max_batch: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    """Stop a running request (``request_id``; None: every one) for ``reason``."""
+
+    request_id: str | None
+    reason: str
+
+
 @dataclass(slots=True)
 class _Request:
     request_id: str
@@ -63,6 +71,17 @@ class _Request:
     first_step: int = 0
     last_step: int = 0
     max_batch: int = 0
+
+    def generation(self, finish_reason: str | None) -> Generation:
+        return Generation(
+            text="".join(self.parts),
+            finish_reason=finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            first_step=self.first_step,
+            last_step=self.last_step,
+            max_batch=self.max_batch,
+        )
 
 
 _UNCHUNKED_TOKEN_BUDGET = 4096
@@ -121,7 +140,7 @@ class Engine:
         self._llm = llm
         self._on_dead = on_dead
         self._tokenizer = llm.get_tokenizer()
-        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | _Abort | None] = queue.SimpleQueue()
         self._running: dict[str, _Request] = {}
         self._steps = 0
         self._dead: BaseException | None = None
@@ -163,6 +182,19 @@ class Engine:
         self._inbox.put(_Request(request_id, prompt, params, future))
         return future
 
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and not self._stopping.is_set()
+
+    def abort(self, request_id: str, reason: str) -> None:
+        """Stop a request between steps; its future fails with ``JobAborted`` carrying what
+        it had generated. Its batch-mates go on. A request already finished is left alone."""
+        self._inbox.put(_Abort(request_id, reason))
+
+    def abort_all(self, reason: str) -> None:
+        """Stop every request submitted so far (a drain that ran out of time)."""
+        self._inbox.put(_Abort(None, reason))
+
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop the loop, fail what is still pending, and shut vLLM's engine processes down."""
         self._stopping.set()
@@ -197,16 +229,35 @@ class Engine:
         except queue.Empty:
             return
         while item is not None:
-            try:
-                self._llm.add_request(item.request_id, item.prompt, item.params)
-            except (VLLMClientError, ValueError, TypeError) as exc:
-                item.future.set_exception(EngineRejected(str(exc)))
+            if isinstance(item, _Abort):
+                self._abort(item)
             else:
-                self._running[item.request_id] = item
+                try:
+                    self._llm.add_request(item.request_id, item.prompt, item.params)
+                except (VLLMClientError, ValueError, TypeError) as exc:
+                    item.future.set_exception(EngineRejected(str(exc)))
+                else:
+                    self._running[item.request_id] = item
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _abort(self, abort: _Abort) -> None:
+        if abort.request_id is None:
+            doomed = list(self._running.values())
+        else:
+            req = self._running.get(abort.request_id)
+            doomed = [] if req is None else [req]
+        if not doomed:
+            return
+        self._llm.abort_request([req.request_id for req in doomed])
+        for req in doomed:
+            del self._running[req.request_id]
+            generation = req.generation("abort")
+            req.future.set_exception(
+                JobAborted(abort.reason, f"aborted ({abort.reason})", generation.text, generation)
+            )
 
     def _collect(self, outputs: list[Any]) -> None:
         self._steps += 1
@@ -225,20 +276,10 @@ class Engine:
             req.max_batch = max(req.max_batch, batch)
             if out.finished:
                 del self._running[out.request_id]
-                req.future.set_result(
-                    Generation(
-                        text="".join(req.parts),
-                        finish_reason=completion.finish_reason,
-                        prompt_tokens=req.prompt_tokens,
-                        completion_tokens=req.completion_tokens,
-                        first_step=req.first_step,
-                        last_step=req.last_step,
-                        max_batch=req.max_batch,
-                    )
-                )
+                req.future.set_result(req.generation(completion.finish_reason))
 
     def _fail_all(self, error: EngineDead) -> None:
-        pending = list(self._running.values())
+        pending: list[_Request | _Abort] = list(self._running.values())
         self._running.clear()
         while True:
             try:
@@ -248,5 +289,5 @@ class Engine:
             if item is not None:
                 pending.append(item)
         for req in pending:
-            if not req.future.done():
+            if isinstance(req, _Request) and not req.future.done():
                 req.future.set_exception(error)

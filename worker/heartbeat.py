@@ -1,7 +1,7 @@
 """The worker's announcement: a Redis key with a TTL, renewed while the engine is up.
 
 It says which model and queue this worker serves; it exists only once the engine has loaded
-and vanishes within ``HEARTBEAT_TTL_S`` of the worker dying, so readiness checks (tests, the
+and vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker dying, so readiness checks (tests, the
 demo, probes) and the served-model list can rely on it.
 """
 
@@ -17,7 +17,7 @@ import time
 import redis
 
 from shared.jobs import utcnow
-from shared.keys import HEARTBEAT_TTL_S, queue_name, worker_key
+from shared.keys import queue_name, worker_key
 
 __all__ = ["Heartbeat"]
 
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, worker_id: str, model: str) -> None:
+    def __init__(self, client: redis.Redis, worker_id: str, model: str, ttl_s: float) -> None:
         self._redis = client
+        self._ttl_ms = max(1, int(ttl_s * 1000))
         self._key = worker_key(worker_id)
         self._value = json.dumps(
             {
@@ -41,7 +42,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name="structq-heartbeat", daemon=True)
 
     def start(self) -> None:
-        self._redis.set(self._key, self._value, ex=HEARTBEAT_TTL_S)
+        self._redis.set(self._key, self._value, px=self._ttl_ms)
         self._thread.start()
 
     def stop(self) -> None:
@@ -51,9 +52,9 @@ class Heartbeat:
             self._redis.delete(self._key)
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_TTL_S / 3):
+        while not self._stop.wait(self._ttl_ms / 3000):
             try:
-                self._redis.set(self._key, self._value, ex=HEARTBEAT_TTL_S)
+                self._redis.set(self._key, self._value, px=self._ttl_ms)
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
                 time.sleep(1)

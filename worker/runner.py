@@ -1,31 +1,87 @@
 """Runs one job: claim it, generate on the engine, check the output, record the outcome.
 
-Every outcome is one atomic status change in the job store: ``queued → running`` when the
-engine takes the job, then ``running → succeeded | failed``. A job that fails does so with
-a code and a reason; nothing here can leave a job ``running`` short of the process dying.
+Every outcome is one guarded status change in the job store (``shared.lifecycle``):
+``queued → running`` when this worker claims the job, then ``running → succeeded | failed |
+cancelled``, or back to ``queued`` when the run ended through no fault of the job (the engine
+died, the worker is draining). A job that fails does so with a code and a reason; nothing
+here can leave a job ``running`` short of the process dying, and then the gateway's janitor
+re-queues it once this worker's heartbeat is gone.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
-from shared.errors import JobFailure, OutputInvalid, OutputTruncated
-from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage, utcnow
+from shared import lifecycle
+from shared.errors import EngineDead, JobAborted, JobFailure, OutputInvalid, OutputTruncated
+from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage
 from shared.output_types import OutputMismatch, TextSpec
-from shared.store import JobStore
+from shared.store import Change, JobStore
 from worker.engine import Engine, Generation
+from worker.settings import WorkerSettings
 from worker.structured import sampling_params
 
-__all__ = ["JobRunner"]
+__all__ = ["FAULT_KEY", "JobRunner", "NotTaking"]
 
 log = logging.getLogger(__name__)
 
+# Job metadata key read when STRUCTQ_FAULT_INJECTION is on (tests of crash recovery only).
+FAULT_KEY = "structq.fault"
+# How often a waiting run re-checks its job's cancel flag in Redis (a backstop for a cancel
+# message this worker missed, e.g. across a Redis reconnect).
+_CANCEL_CHECK_S = 5.0
+
+
+class NotTaking(Exception):
+    """This worker takes no new job now (draining, or its engine is gone): the task's message
+    goes back to the queue for another worker."""
+
+
+@dataclass(slots=True)
+class _Active:
+    request_id: str | None = None
+    cancel: bool = False
+
 
 class JobRunner:
-    def __init__(self, store: JobStore, engine: Engine, worker_id: str) -> None:
+    def __init__(self, store: JobStore, engine: Engine, settings: WorkerSettings) -> None:
         self._store = store
         self._engine = engine
-        self._worker_id = worker_id
+        self._settings = settings
+        self._worker_id = settings.worker_id
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._draining = threading.Event()
+
+    # -- called from other threads ----------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """A client cancelled ``job_id``: abort its request if this worker runs it."""
+        with self._lock:
+            active = self._active.get(job_id)
+            if active is None:
+                return
+            active.cancel = True
+            request_id = active.request_id
+        if request_id is not None:
+            self._engine.abort(request_id, "cancelled")
+
+    def drain(self) -> None:
+        """Take no new job; those running keep going (until ``requeue_running``)."""
+        self._draining.set()
+
+    def requeue_running(self) -> None:
+        """The drain ran out of time: stop every running request; each job is re-queued."""
+        self._engine.abort_all("drain")
+
+    # -- a task thread ----------------------------------------------------------------
 
     def run(self, job_id: str) -> None:
         job = self._store.get(job_id)
@@ -35,48 +91,110 @@ class JobRunner:
         if job.status is not JobStatus.QUEUED:
             log.info("job %s is %s, not queued; skipping", job_id, job.status)
             return
-        running = job.model_copy(
-            update={
-                "status": JobStatus.RUNNING,
-                "started_at": utcnow(),
-                "attempts": job.attempts + 1,
-            }
-        )
-        if not self._store.transition(running, [JobStatus.QUEUED]):
-            log.info("job %s changed before it could start; skipping", job_id)
+        if self._draining.is_set() or not self._engine.alive:
+            raise NotTaking(job_id)
+        deadline = job.deadline_ts()
+        if deadline is not None and deadline <= time.time():
+            self._store.apply(lifecycle.expire(job))
             return
-        self._store.transition(self._finish(running), [JobStatus.RUNNING])
+        active = _Active()
+        with self._lock:
+            self._active[job_id] = active
+        try:
+            claim = lifecycle.claim(job, self._worker_id)
+            if not self._store.apply(claim):
+                log.info("job %s changed before it could start; skipping", job_id)
+                return
+            if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
+                log.critical("job %s asks for this worker's death (fault injection)", job_id)
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._store.apply(self._run(claim.job, active))
+        finally:
+            with self._lock:
+                self._active.pop(job_id, None)
 
-    def _finish(self, job: Job) -> Job:
-        generation: Generation | None = None
-        update: dict[str, object]
+    def _run(self, job: Job, active: _Active) -> Change:
         try:
             prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
             request_id = f"{job.id}-{job.attempts}"
-            generation = self._engine.submit(request_id, prompt, sampling_params(job)).result()
-            update = {"status": JobStatus.SUCCEEDED, "result": _result(job, generation)}
+            future = self._engine.submit(request_id, prompt, sampling_params(job))
+            with self._lock:
+                active.request_id = request_id
+                cancel = active.cancel
+            if cancel:
+                self._engine.abort(request_id, "cancelled")
+            generation = self._wait(job, request_id, future)
+        except JobAborted as exc:
+            return self._aborted(job, exc)
+        except EngineDead as exc:
+            # Not the job's fault: another attempt elsewhere, within max_attempts.
+            return lifecycle.fail_or_requeue(job, self._settings.max_attempts, exc.message)
         except JobFailure as exc:
-            update = {
-                "status": JobStatus.FAILED,
-                "error": JobError(code=exc.code, message=exc.message, text=exc.text),
-            }
+            return lifecycle.finish(job, status=JobStatus.FAILED, error=_error(exc))
         except Exception as exc:  # a bug of ours: the job still ends, with a reason
             log.exception("job %s failed unexpectedly", job.id)
-            update = {
-                "status": JobStatus.FAILED,
-                "error": JobError(code="internal_error", message=f"{type(exc).__name__}: {exc}"),
-            }
-        if generation is not None:
-            error = update.get("error")
-            if isinstance(error, JobError):
-                update["error"] = error.model_copy(update={"usage": _usage(generation)})
-            update["engine"] = EngineStats(
-                worker=self._worker_id,
-                first_step=generation.first_step,
-                last_step=generation.last_step,
-                max_batch=generation.max_batch,
+            error = JobError(code="internal_error", message=f"{type(exc).__name__}: {exc}")
+            return lifecycle.finish(job, status=JobStatus.FAILED, error=error)
+        stats = self._stats(generation)
+        try:
+            result = _result(job, generation)
+        except JobFailure as exc:
+            error = _error(exc, generation)
+            return lifecycle.finish(job, status=JobStatus.FAILED, error=error, engine=stats)
+        return lifecycle.finish(job, status=JobStatus.SUCCEEDED, result=result, engine=stats)
+
+    def _wait(self, job: Job, request_id: str, future: Future[Generation]) -> Generation:
+        """The generation, aborting it at the job's deadline (or STRUCTQ_MAX_RUN_S)."""
+        limit = time.time() + self._settings.max_run_s
+        deadline = job.deadline_ts()
+        if deadline is not None:
+            limit = min(limit, deadline)
+        while True:
+            remaining = limit - time.time()
+            if remaining <= 0:
+                self._engine.abort(request_id, "deadline")
+                return future.result()
+            try:
+                return future.result(timeout=min(remaining, _CANCEL_CHECK_S))
+            except FutureTimeout:
+                if self._store.cancel_requested(job.id):
+                    self._engine.abort(request_id, "cancelled")
+
+    def _aborted(self, job: Job, exc: JobAborted) -> Change:
+        generation = exc.generation if isinstance(exc.generation, Generation) else None
+        stats = None if generation is None else self._stats(generation)
+        if exc.reason == "drain":
+            log.info("job %s re-queued: this worker is draining", job.id)
+            return lifecycle.requeue(job, give_back=True)
+        if exc.reason == "cancelled":
+            error = JobError(
+                code="cancelled", message="cancelled by the client while running", text=exc.text
             )
-        return job.model_copy(update={**update, "finished_at": utcnow()})
+            status = JobStatus.CANCELLED
+        else:
+            limit = "its deadline" if job.deadline is not None else "STRUCTQ_MAX_RUN_S"
+            error = JobError(
+                code="deadline_exceeded",
+                message=f"still running at {limit}; aborted",
+                text=exc.text,
+            )
+            status = JobStatus.FAILED
+        if generation is not None:
+            error = error.model_copy(update={"usage": _usage(generation)})
+        return lifecycle.finish(job, status=status, error=error, engine=stats)
+
+    def _stats(self, generation: Generation) -> EngineStats:
+        return EngineStats(
+            worker=self._worker_id,
+            first_step=generation.first_step,
+            last_step=generation.last_step,
+            max_batch=generation.max_batch,
+        )
+
+
+def _error(exc: JobFailure, generation: Generation | None = None) -> JobError:
+    usage = None if generation is None else _usage(generation)
+    return JobError(code=exc.code, message=exc.message, text=exc.text, usage=usage)
 
 
 def _result(job: Job, generation: Generation) -> JobResult:

@@ -30,6 +30,17 @@ class WorkerSettings(CommonSettings):
     max_inflight: int = Field(
         256, ge=1, description="Jobs one worker runs at once (Celery threads feeding the engine)."
     )
+    drain_timeout_s: float = Field(
+        60,
+        ge=0,
+        description="On SIGTERM, how long in-flight jobs may run on before they are re-queued "
+        "for another worker. Keep it below Kubernetes' terminationGracePeriodSeconds.",
+    )
+    fault_injection: bool = Field(
+        False,
+        description="Testing only: a job whose metadata has `structq.fault: kill-worker` "
+        "SIGKILLs the worker that claims it (a job that crashes its worker every time).",
+    )
     # Engine options, passed to vLLM's EngineArgs.
     max_model_len: int = Field(2048, ge=16, description="Context length the engine serves.")
     dtype: str = Field(

@@ -1,38 +1,62 @@
-"""``/v1/jobs``: submit a job, read it back."""
+"""``/v1/jobs``: submit, read, list, cancel, retry and delete jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import json
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import SettingsDep, StoreDep, WaitersDep
+from api.deps import ClientDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
-from shared.celery_message import task_message
-from shared.errors import JobNotFound
-from shared.jobs import Job, JobCreate, JobPublic
-from shared.keys import queue_name
-from shared.store import is_terminal
+from api.waiters import CompletionWaiters
+from shared import lifecycle
+from shared.errors import Conflict, JobNotFound
+from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
+from shared.keys import ALL_INDEX, status_index
+from shared.store import AsyncJobStore, is_terminal
 
-__all__ = ["router"]
+__all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _JSON = "application/json"
 # Longest long-poll a client may ask for (`GET /v1/jobs/{id}?wait=`).
 MAX_WAIT_S = 60
+_IDEMPOTENCY_KEY_MAX = 255
 
 
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
-    responses={422: {"description": "The job is invalid; nothing was enqueued."}},
+    responses={
+        200: {"description": "An earlier request with this Idempotency-Key created the job."},
+        409: {"description": "The Idempotency-Key's job was deleted."},
+        422: {"description": "The job is invalid; nothing was enqueued."},
+    },
 )
-async def create_job(body: JobCreate, store: StoreDep, settings: SettingsDep) -> Response:
+async def create_job(
+    body: JobCreate,
+    store: StoreDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=_IDEMPOTENCY_KEY_MAX,
+            description="Same key and same body: the same job, however often it is sent "
+            "(kept for STRUCTQ_IDEMPOTENCY_TTL_S). Same key, another body: 422.",
+        ),
+    ] = None,
+) -> Response:
     """Validate a job, store it as ``queued`` and enqueue it for its model's worker pool."""
     if body.sampling.max_tokens > settings.max_tokens_limit:
         raise invalid_field(
@@ -45,17 +69,107 @@ async def create_job(body: JobCreate, store: StoreDep, settings: SettingsDep) ->
         raise invalid_field(
             ("body", "model"), f"unknown model {model!r}; served: {', '.join(settings.models)}"
         )
+    now = utcnow()
+    deadline = body.deadline
+    if body.timeout_s is not None:
+        deadline = now + timedelta(seconds=body.timeout_s)
+    elif deadline is not None and deadline <= now:
+        raise invalid_field(("body", "deadline"), f"deadline {deadline} has already passed")
     # Fields are handed over as validated objects: pydantic does not check them a second time.
     fields = {name: getattr(body, name) for name in JobCreate.model_fields}
-    job = Job(**{**fields, "model": model}, id=str(uuid.uuid4()))
-    queue = queue_name(model)
-    record = await store.create(job, queue, task_message(job.id, queue))
+    job = Job(
+        **{**fields, "model": model, "deadline": deadline},
+        id=str(uuid.uuid4()),
+        created_at=now,
+    )
+    where, message = lifecycle.enqueue_message(job)
+    idempotency = None
+    if idempotency_key is not None:
+        if not idempotency_key:
+            raise invalid_field(("header", "idempotency-key"), "must not be empty")
+        body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        idempotency = (client, idempotency_key, body_hash, settings.idempotency_ttl_s)
+    created = await store.create(job, where, message, idempotency)
+    if created.record is not None:
+        return _created(job.id, created.record, 202)
+    assert idempotency is not None and created.earlier_id is not None
+    if created.earlier_hash != idempotency[2]:
+        raise invalid_field(
+            ("header", "idempotency-key"),
+            f"Idempotency-Key {idempotency_key!r} was used with a different request body "
+            f"(job {created.earlier_id}); use a new key for a new job",
+        )
+    _, raw = await store.get_raw(created.earlier_id)
+    if raw is None:
+        raise Conflict(
+            f"Idempotency-Key {idempotency_key!r} created job {created.earlier_id}, which has "
+            "since been deleted; use a new key"
+        )
+    return _created(created.earlier_id, raw, 200)
+
+
+def _created(job_id: str, record: str | bytes, status_code: int) -> Response:
     return Response(
         content=record,
-        status_code=202,
+        status_code=status_code,
         media_type=_JSON,
-        headers={"Location": f"/v1/jobs/{job.id}"},
+        headers={"Location": f"/v1/jobs/{job_id}"},
     )
+
+
+@router.get("", responses={422: {"description": "Bad status or cursor."}})
+async def list_jobs(
+    store: StoreDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> Response:
+    """Jobs, newest first (by creation; with `status`, by when they entered it), a page at a
+    time: ``{"data": [...], "next_cursor": ...}``; `next_cursor` is null on the last page.
+    ``status=failed`` includes the dead letters (see ``GET /v1/admin/dead-letters``)."""
+    index = ALL_INDEX if status is None else status_index(status.value)
+    return await page_response(store, index, limit, cursor)
+
+
+async def page_response(
+    store: AsyncJobStore, index: str, limit: int, cursor: str | None
+) -> Response:
+    """One page of the jobs in ``index``, as the listing endpoints answer."""
+    before = None if cursor is None else _decode_cursor(cursor)
+    records: list[bytes] = []
+    last: tuple[int, str] | None = None
+    # Entries whose record expired are dropped from the index as they are met.
+    while len(records) < limit:
+        page = await store.page(index, limit - len(records), before)
+        if not page:
+            last = None
+            break
+        raws = await store.get_many_raw([job_id for job_id, _ in page])
+        gone = [job_id for (job_id, _), raw in zip(page, raws, strict=True) if raw is None]
+        await store.forget(index, gone)
+        records.extend(raw for raw in raws if raw is not None)
+        last = before = (page[-1][1], page[-1][0])
+    next_cursor = None if last is None or len(records) < limit else _encode_cursor(last)
+    body = (
+        b'{"data":['
+        + b",".join(records)
+        + b'],"next_cursor":'
+        + json.dumps(next_cursor).encode()
+        + b"}"
+    )
+    return Response(content=body, media_type=_JSON)
+
+
+def _encode_cursor(position: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(f"{position[0]}:{position[1]}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid_field(("query", "cursor"), "not a cursor this API returned") from None
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
@@ -76,16 +190,115 @@ async def get_job(
     """The job as stored: its status, timestamps, and its result or error once finished."""
     if wait <= 0:
         return _job_response(job_id, (await store.get_raw(job_id))[1])
+    return _job_response(job_id, await wait_for_terminal(store, waiters, job_id, wait))
+
+
+async def wait_for_terminal(
+    store: AsyncJobStore, waiters: CompletionWaiters, job_id: str, timeout_s: float
+) -> bytes | None:
+    """The job's record once it is terminal, or as it is after ``timeout_s``."""
     async with waiters.watch(job_id) as finished:
         status, raw = await store.get_raw(job_id)
         if raw is not None and not is_terminal(status):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=wait)
+                await asyncio.wait_for(finished.wait(), timeout=timeout_s)
             status, raw = await store.get_raw(job_id)
-    return _job_response(job_id, raw)
+    return raw
 
 
-def _job_response(job_id: str, raw: bytes | None) -> Response:
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={
+        202: {"description": "Running: its engine request is being aborted."},
+        404: {"description": "No such job."},
+        409: {"description": "The job had already finished."},
+    },
+)
+async def cancel_job(
+    job_id: str, store: StoreDep, waiters: WaitersDep, settings: SettingsDep
+) -> Response:
+    """Cancel a job. Queued: ``cancelled`` at once, never runs. Running: its request is
+    aborted in the engine and it ends ``cancelled`` with its partial text (answered once it
+    has, or 202 after STRUCTQ_CANCEL_WAIT_S). Already cancelled: the same answer again."""
+    job = await store.get(job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    if job.status is JobStatus.QUEUED:
+        current = await store.apply(lifecycle.cancel_queued(job, "cancelled by the client"))
+        if current is None:
+            return _job_response(job_id, (await store.get_raw(job_id))[1])
+        status = current
+    else:
+        status = job.status.value
+    if status == JobStatus.RUNNING:
+        status = await store.request_cancel(job_id) or ""
+        if status == JobStatus.RUNNING:
+            raw = await wait_for_terminal(store, waiters, job_id, settings.cancel_wait_s)
+            job = None if raw is None else Job.model_validate_json(raw)
+            status = "" if job is None else job.status.value
+            if status == JobStatus.RUNNING:
+                return _job_response(job_id, raw, 202)
+    if status == JobStatus.CANCELLED:
+        return _job_response(job_id, (await store.get_raw(job_id))[1])
+    if not status:
+        raise JobNotFound(f"no job {job_id!r}")
+    raise Conflict(f"job {job_id} has already finished: {status}", status=status)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobPublic,
+    responses={
+        404: {"description": "No such job."},
+        409: {"description": "Only failed, cancelled or expired jobs can be retried."},
+    },
+)
+async def retry_job(job_id: str, store: StoreDep) -> Response:
+    """Queue a failed, cancelled or expired job again (same id; `attempts` starts over,
+    `retries` counts this). Also how a dead letter is re-queued."""
+    job = await store.get(job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    if not job.status.retryable:
+        raise Conflict(
+            f"job {job_id} is {job.status.value}; only failed, cancelled or expired jobs can "
+            "be retried",
+            status=job.status.value,
+        )
+    if job.timeout_s is None and job.deadline is not None and job.deadline <= utcnow():
+        raise Conflict(
+            f"job {job_id}'s deadline ({job.deadline}) has passed; submit it again with a new one",
+            status=job.status.value,
+        )
+    current = await store.apply(lifecycle.retry(job))
+    if current is not None:
+        if not current:
+            raise JobNotFound(f"no job {job_id!r}")
+        raise Conflict(f"job {job_id} changed meanwhile: now {current}", status=current)
+    return _job_response(job_id, (await store.get_raw(job_id))[1], 202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses={
+        404: {"description": "No such job."},
+        409: {"description": "The job is queued or running: cancel it first."},
+    },
+)
+async def delete_job(job_id: str, store: StoreDep) -> Response:
+    """Delete a finished job's record (and its index entries)."""
+    current = await store.delete(job_id)
+    if current is None:
+        return Response(status_code=204)
+    if not current:
+        raise JobNotFound(f"no job {job_id!r}")
+    raise Conflict(f"job {job_id} is {current}; cancel it before deleting it", status=current)
+
+
+def _job_response(job_id: str, raw: bytes | None, status_code: int = 200) -> Response:
     if raw is None:
         raise JobNotFound(f"no job {job_id!r} (unknown, or past its retention time)")
-    return Response(content=raw, media_type=_JSON)
+    return Response(content=raw, media_type=_JSON, status_code=status_code)

@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from scripts.seed_jobs import ARITHMETIC_GRAMMAR, CHARACTER_SCHEMA
-from shared.keys import JOB_PREFIX, TASK_NAME, queue_name
+from shared.keys import JOB_PREFIX, TASK_NAME, queue_list, queue_lists
 from shared.settings import DEFAULT_MODEL
 
-QUEUE = queue_name(DEFAULT_MODEL)
+# Where a job of the default priority goes.
+QUEUE = queue_list(DEFAULT_MODEL, 0)
 
 
 @pytest.fixture
@@ -28,7 +29,9 @@ def client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
 
 
 def _nothing_enqueued(redis_client: redis.Redis) -> bool:
-    return redis_client.llen(QUEUE) == 0 and not list(redis_client.scan_iter(f"{JOB_PREFIX}*"))
+    return not any(redis_client.llen(name) for name in queue_lists(DEFAULT_MODEL)) and not list(
+        redis_client.scan_iter(f"{JOB_PREFIX}*")
+    )
 
 
 def test_submit_stores_and_enqueues_the_job(client, redis_client):

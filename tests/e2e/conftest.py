@@ -12,15 +12,28 @@ import pytest
 
 from scripts.stack import Stack
 
-TERMINAL = {"succeeded", "failed"}
+TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
+NO_WORKERS = "no-workers-model"
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         tmp_path_factory.mktemp("stack"),
-        # Small enough to keep the suite quick on 2 CPU cores.
-        env={"STRUCTQ_MAX_MODEL_LEN": "2048", "STRUCTQ_MAX_TOKENS_LIMIT": "512"},
+        env={
+            # Small enough to keep the suite quick on 2 CPU cores.
+            "STRUCTQ_MAX_MODEL_LEN": "2048",
+            "STRUCTQ_MAX_TOKENS_LIMIT": "2000",
+            # Crash recovery within seconds rather than the production defaults' minutes.
+            "STRUCTQ_HEARTBEAT_TTL_S": "3",
+            "STRUCTQ_JANITOR_INTERVAL_S": "0.5",
+            "STRUCTQ_DRAIN_TIMEOUT_S": "5",
+            "STRUCTQ_MAX_ATTEMPTS": "2",
+            # Lets a test submit a job that kills its worker (off in any real deployment).
+            "STRUCTQ_FAULT_INJECTION": "true",
+            # A model no worker serves: its jobs stay queued for as long as a test needs.
+            "STRUCTQ_EXTRA_MODELS": f'["{NO_WORKERS}"]',
+        },
     )
     stack.start()
     yield stack
@@ -65,3 +78,9 @@ def wait_for(
 def run(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     job_id = submit(api, body)
     return wait_for(api, [job_id])[job_id]
+
+
+def restart_worker(stack: Stack, env: dict[str, str] | None = None) -> None:
+    """Start a fresh worker (the previous one must have exited) and wait until it is ready."""
+    assert stack.worker is None or not stack.worker.alive()
+    stack.start_worker(env)
