@@ -40,7 +40,7 @@ class CommonSettings(BaseSettings):
         3600,
         gt=0,
         description="Longest a job may run once started; past it (or past its own deadline) "
-        "it is aborted and fails `deadline_exceeded`. Also bounds a job's `timeout_s`.",
+        "it is aborted and fails `deadline_exceeded`.",
     )
     max_attempts: int = Field(
         3,

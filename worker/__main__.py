@@ -7,10 +7,12 @@ the main module again.
 
 from __future__ import annotations
 
+import sys
+
 
 def main() -> None:
     from shared.keys import queue_name
-    from worker.app import app, settings
+    from worker.app import app, exit_code, settings
 
     app.worker_main(
         [
@@ -24,6 +26,8 @@ def main() -> None:
             "--without-mingle",
         ]
     )
+    # Non-zero after the engine died: the supervisor must start a fresh worker.
+    sys.exit(exit_code())
 
 
 if __name__ == "__main__":

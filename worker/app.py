@@ -30,7 +30,7 @@ from shared.redis_pools import sync_client
 from shared.store import JobStore
 from worker.settings import WorkerSettings
 
-__all__ = ["app", "celery_config", "runner", "settings"]
+__all__ = ["app", "celery_config", "exit_code", "runner", "settings"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,14 @@ def _engine_died(exc: BaseException) -> None:
     from celery.worker import state
 
     log.critical("engine died (%r); shutting the worker down with exit code 1", exc)
+    _state["exit_code"] = 1
     state.should_stop = 1
+
+
+def exit_code() -> int:
+    """The worker process's exit code once Celery has stopped (``python -m worker`` exits with
+    it: Celery's ``worker_main`` drops the code of a shutdown it did not start)."""
+    return int(_state.get("exit_code", 0))  # type: ignore[call-overload]
 
 
 @worker_init.connect

