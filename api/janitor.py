@@ -42,6 +42,7 @@ class Janitor:
         self._redis = store.redis
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._trimmed_at = 0.0
         self._me = f"{os.getpid()}-{id(self)}"
 
@@ -49,21 +50,26 @@ class Janitor:
         self._task = asyncio.create_task(self._loop(), name="structq-janitor")
 
     async def stop(self) -> None:
+        # The loop ends after its current round. (Not Task.cancel: a cancel that lands inside
+        # a Redis call's timeout handling can be turned into an error and lost.)
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout=10)
+            except TimeoutError:
+                log.warning("janitor did not stop in time; abandoning its round")
 
     async def _loop(self) -> None:
         interval = self._settings.janitor_interval_s
-        while True:
+        while not self._stopping.is_set():
             try:
                 lock_ms = max(1, int(interval * 1000 * 0.9))
                 if await self._redis.set(_LOCK, self._me, nx=True, px=lock_ms):
                     await self.sweep()
             except Exception as exc:  # Redis down or a bad record: try again next round
                 log.warning("janitor round failed: %r", exc)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
     async def sweep(self) -> dict[str, int]:
         """One round; how many jobs it expired and recovered."""
