@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-api,worker,cpu,dev}
+EXTRAS=${EXTRAS:-api,worker,webhooks,cpu,dev}
 
 if ! command -v redis-server >/dev/null; then
   echo "==> installing redis-server (Debian package)"

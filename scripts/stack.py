@@ -25,7 +25,7 @@ from types import TracebackType
 import httpx
 import redis
 
-from shared.keys import WORKER_PREFIX
+from shared.keys import WEBHOOK_WORKER_PREFIX, WORKER_PREFIX
 
 __all__ = ["Stack", "StackError", "free_port", "start_redis"]
 
@@ -171,11 +171,14 @@ class Stack:
         env: Mapping[str, str] | None = None,
         worker: bool = True,
         ready_timeout_s: float = 600,
+        webhooks: bool = False,
     ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="structq-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._extra_env = dict(env or {})
         self._with_worker = worker
+        self._with_webhooks = webhooks
+        self.webhooks: _Child | None = None
         self._ready_timeout_s = ready_timeout_s
         self._children: list[_Child] = []
         self.redis_url = ""
@@ -216,6 +219,8 @@ class Stack:
             _log(f"redis on {self.redis_url}")
             if self._with_worker:
                 self.start_worker()
+            if self._with_webhooks:
+                self.start_webhooks()
             self.start_gateway()
         except BaseException:
             self.stop()
@@ -272,6 +277,28 @@ class Stack:
             f"the worker was not ready after {self._ready_timeout_s:.0f}s:\n{worker.tail()}"
         )
 
+    def start_webhooks(self) -> _Child:
+        """The webhook worker (no engine); ready once its ready key names its pid."""
+        child = _Child(
+            "webhooks",
+            [sys.executable, "-m", "worker.webhooks"],
+            self.env(),
+            self.workdir / "webhooks.log",
+        )
+        self._children.append(child)
+        self.webhooks = child
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + 60
+        while True:
+            for key in client.scan_iter(f"{WEBHOOK_WORKER_PREFIX}*"):
+                raw = client.get(key)
+                if raw and json.loads(raw).get("pid") == child.proc.pid:
+                    _log(f"webhook worker ready (pid {child.proc.pid})")
+                    return child
+            if not child.alive() or time.monotonic() > deadline:
+                raise StackError(f"the webhook worker did not start:\n{child.tail()}")
+            time.sleep(0.1)
+
     def start_gateway(self) -> _Child:
         port = free_port()
         env = {**self.env(), "STRUCTQ_PORT": str(port), "STRUCTQ_HOST": "127.0.0.1"}
@@ -295,7 +322,7 @@ class Stack:
 
     def stop(self, worker_grace_s: float = 60) -> dict[str, list[int]]:
         """Stop gateway, worker, then Redis; return any process still alive, by child."""
-        order = {"gateway": 10.0, "worker": worker_grace_s, "redis": 10.0}
+        order = {"gateway": 10.0, "webhooks": 10.0, "worker": worker_grace_s, "redis": 10.0}
         leftovers: dict[str, list[int]] = {}
         for name in order:
             for child in [c for c in self._children if c.name == name]:

@@ -24,7 +24,14 @@ _ORIGIN = f"structq-gateway@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def task_message(job_id: str, queue: str, *, task_id: str | None = None, priority: int = 0) -> str:
+def task_message(
+    job_id: str,
+    queue: str,
+    *,
+    task_id: str | None = None,
+    priority: int = 0,
+    task: str = TASK_NAME,
+) -> str:
     """The JSON envelope Kombu's Redis transport expects on the queue's list.
 
     ``task_id`` (also the delivery tag) must be unique among messages in flight; by default it
@@ -39,7 +46,7 @@ def task_message(job_id: str, queue: str, *, task_id: str | None = None, priorit
             "content-type": "application/json",
             "headers": {
                 "lang": "py",
-                "task": TASK_NAME,
+                "task": task,
                 "id": task_id,
                 "shadow": None,
                 "eta": None,

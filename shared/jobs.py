@@ -27,6 +27,8 @@ __all__ = [
     "Message",
     "Sampling",
     "Usage",
+    "WebhookAttempt",
+    "WebhookSpec",
     "utcnow",
 ]
 
@@ -80,6 +82,37 @@ class Sampling(_Model):
     ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence.")
 
 
+WebhookEvent = Literal["started", "completed"]
+
+
+class WebhookSpec(_Model):
+    """Where to send the job's events. ``completed``: any terminal status."""
+
+    url: str = Field(min_length=1, max_length=2048)
+    events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"], min_length=1)
+
+    @model_validator(mode="after")
+    def _url_form(self) -> Self:
+        from shared.webhooks import parse_url
+
+        parse_url(self.url)  # scheme and form; where it resolves is checked by the gateway
+        self.events = sorted(set(self.events))
+        return self
+
+
+class WebhookAttempt(_Model):
+    """One attempt to deliver one of the job's events."""
+
+    event: WebhookEvent
+    webhook_id: str
+    attempt: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+    outcome: Literal["delivered", "retrying", "gave_up"]
+
+
 _MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 _MetadataValue = Annotated[str, Field(max_length=512)]
 
@@ -106,6 +139,9 @@ class JobCreate(_Model):
     )
     timeout_s: float | None = Field(
         None, gt=0, description="The same as `deadline`, in seconds from submission."
+    )
+    webhook: WebhookSpec | None = Field(
+        None, description="Where to POST the job's events (signed per Standard Webhooks)."
     )
 
     @model_validator(mode="after")
@@ -175,7 +211,9 @@ class Job(JobCreate):
 
 
 class JobPublic(Job):
-    """What ``GET /v1/jobs/{id}`` returns. Today every stored field is public."""
+    """What ``GET /v1/jobs/{id}`` returns: the stored record, plus its webhook attempts."""
+
+    webhook_deliveries: list[WebhookAttempt] = Field(default_factory=list)
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:

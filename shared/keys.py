@@ -12,7 +12,9 @@ __all__ = [
     "CANCEL_CHANNEL",
     "DEAD_LETTER",
     "DEADLINES",
+    "DELIVERY_PREFIX",
     "DONE_CHANNEL",
+    "HOOKS_PREFIX",
     "IDEMPOTENCY_PREFIX",
     "JOB_PREFIX",
     "PRIORITY_LEVELS",
@@ -20,7 +22,13 @@ __all__ = [
     "QUEUE_SEP",
     "STATUS_INDEX_PREFIX",
     "TASK_NAME",
+    "WEBHOOK_QUEUE",
+    "WEBHOOK_SCHEDULE",
+    "WEBHOOK_TASK_NAME",
+    "WEBHOOK_WORKER_PREFIX",
     "WORKER_PREFIX",
+    "delivery_key",
+    "hooks_key",
     "idempotency_key",
     "job_id_of_task",
     "job_key",
@@ -56,6 +64,18 @@ IDEMPOTENCY_PREFIX = "structq:idem:"
 
 # Pub/sub channel: ids of running jobs a client asked to cancel; the owning worker aborts them.
 CANCEL_CHANNEL = "structq:cancel"
+
+# Webhooks. A hash per delivery (one event of one job, retried under one webhook-id): its
+# spec and payload, attempts so far, state. The Celery queue the webhook worker consumes, the
+# task it runs, and a sorted set of deliveries waiting for their next attempt (by its time).
+DELIVERY_PREFIX = "structq:delivery:"
+WEBHOOK_QUEUE = "structq.webhooks"
+WEBHOOK_TASK_NAME = "structq.deliver_webhook"
+WEBHOOK_SCHEDULE = "structq:webhooks:scheduled"
+# String per live webhook worker ({"pid": ...}, short TTL): its readiness and liveness.
+WEBHOOK_WORKER_PREFIX = "structq:webhook-worker:"
+# A list per job of its webhook attempts (JSON), shown as the job's `webhook_deliveries`.
+HOOKS_PREFIX = "structq:hooks:"
 
 # String per live worker: its announcement (model served, queue, ready_at) with a short TTL
 # that the worker keeps renewing once its engine is up; it disappears when the worker dies.
@@ -128,3 +148,11 @@ def task_id_for(job_id: str, suffix: str = "") -> str:
 
 def job_id_of_task(task_id: str) -> str:
     return task_id.split("~", 1)[0]
+
+
+def delivery_key(delivery_id: str) -> str:
+    return f"{DELIVERY_PREFIX}{delivery_id}"
+
+
+def hooks_key(job_id: str) -> str:
+    return f"{HOOKS_PREFIX}{job_id}"

@@ -8,6 +8,7 @@ variable stops the process with a message naming it.
 from __future__ import annotations
 
 import sys
+from ipaddress import IPv4Network, IPv6Network
 from typing import Self, TypeVar
 
 from pydantic import Field, ValidationError
@@ -53,6 +54,12 @@ class CommonSettings(BaseSettings):
         gt=0,
         description="Lifetime of a worker's heartbeat key (renewed every third of it). A "
         "running job whose worker's key is gone is re-queued by the gateway's janitor.",
+    )
+
+    webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="Networks (CIDR, JSON list) webhooks may reach although they are not "
+        "public (loopback, private, link-local...). Empty by default: public addresses only.",
     )
 
     @property

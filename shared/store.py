@@ -15,14 +15,17 @@ it is out of memory (``maxmemory`` with ``noeviction``), instead of failing it h
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
 
-from shared.jobs import Job, JobStatus
+from shared.celery_message import task_message
+from shared.jobs import Job, JobStatus, utcnow
 from shared.keys import (
     ALL_INDEX,
     CANCEL_CHANNEL,
@@ -31,6 +34,10 @@ from shared.keys import (
     DONE_CHANNEL,
     JOB_PREFIX,
     STATUS_INDEX_PREFIX,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK_NAME,
+    delivery_key,
+    hooks_key,
     idempotency_key,
     job_key,
 )
@@ -42,19 +49,21 @@ __all__ = [
     "JobStore",
     "dump_job",
     "is_terminal",
+    "public_record",
 ]
 
 # KEYS: 1 job hash, 2 all-jobs index, 3 deadlines, 4 dead letters, 5 queue list ('' none),
-# 6 done channel. ARGV: 1 new status, 2 record, 3 TTL s, 4 now (ms), 5 expected run ('' any),
-# 6 new run ('' keep), 7 new owner ('' keep), 8 deadline (epoch s, '' none), 9 task message
-# ('' none), 10 dead ('1' adds to the dead letters), 11 status index prefix, 12 job id, then
-# the statuses the job may be in. Returns 1 when applied, else the current status (false when
-# the job does not exist).
+# 6 done channel, 7 webhook delivery hash ('' none), 8 webhook queue. ARGV: 1 new status,
+# 2 record, 3 TTL s, 4 now (ms), 5 expected run ('' any), 6 new run ('' keep), 7 new owner
+# ('' keep), 8 deadline (epoch s, '' none), 9 task message ('' none), 10 dead ('1' adds to the
+# dead letters), 11 status index prefix, 12 job id, 13 webhook delivery spec ('' none),
+# 14 webhook task message, then the statuses the job may be in. Returns 1 when applied, else
+# the current status (false when the job does not exist).
 _TRANSITION = """#!lua
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 local allowed = false
-for i = 13, #ARGV do
+for i = 15, #ARGV do
   if current == ARGV[i] then allowed = true end
 end
 if not allowed then return current end
@@ -76,6 +85,11 @@ else
 end
 if ARGV[9] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[9]) end
 if status ~= 'queued' and status ~= 'running' then redis.call('PUBLISH', KEYS[6], id) end
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[7], 'spec', ARGV[13], 'attempts', 0, 'state', 'pending')
+  redis.call('EXPIRE', KEYS[7], ARGV[3])
+  redis.call('LPUSH', KEYS[8], ARGV[14])
+end
 return 1
 """
 
@@ -156,6 +170,11 @@ def is_terminal(status: bytes | str | None) -> bool:
     return status is not None and JobStatus(status).terminal
 
 
+def public_record(raw: bytes, hooks: Sequence[bytes]) -> bytes:
+    """The stored record JSON with its webhook attempts added: what the API returns."""
+    return raw[:-1] + b',"webhook_deliveries":[' + b",".join(hooks) + b"]}"
+
+
 def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -176,7 +195,19 @@ class Change:
     message: str | None = None
     dead: bool = False
 
-    def keys(self) -> list[str]:
+    def webhook_event(self) -> str | None:
+        """The webhook event this change makes due, if the job asked for it: ``started`` on
+        its first claim (after submission or a retry), ``completed`` on any terminal status."""
+        hook = self.job.webhook
+        if hook is None:
+            return None
+        if self.claim_by is not None and self.job.attempts == 1 and "started" in hook.events:
+            return "started"
+        if self.job.status.terminal and "completed" in hook.events:
+            return "completed"
+        return None
+
+    def keys(self, delivery_id: str = "") -> list[str]:
         return [
             job_key(self.job.id),
             ALL_INDEX,
@@ -184,14 +215,35 @@ class Change:
             DEAD_LETTER,
             self.queue_list or "",
             DONE_CHANNEL,
+            delivery_key(delivery_id) if delivery_id else "",
+            WEBHOOK_QUEUE,
         ]
 
-    def args(self, ttl_s: int) -> list[str | int | float]:
+    def args(self, ttl_s: int) -> tuple[list[str], list[str | int | float]]:
+        """(KEYS, ARGV) of the transition script."""
         job = self.job
         deadline = job.deadline_ts()
-        return [
+        record = dump_job(job)
+        delivery_id, spec, message = "", "", ""
+        event = self.webhook_event()
+        if event is not None and job.webhook is not None:
+            delivery_id = f"msg_{uuid.uuid4().hex}"
+            payload = (
+                f'{{"type":"job.{event}","timestamp":"{utcnow().isoformat()}","data":{record}}}'
+            )
+            spec = json.dumps(
+                {
+                    "id": delivery_id,
+                    "job_id": job.id,
+                    "event": event,
+                    "url": job.webhook.url,
+                    "payload": payload,
+                }
+            )
+            message = task_message(delivery_id, WEBHOOK_QUEUE, task=WEBHOOK_TASK_NAME)
+        return self.keys(delivery_id), [
             job.status.value,
-            dump_job(job),
+            record,
             ttl_s,
             _now_ms(),
             "" if self.expected_run is None else str(self.expected_run),
@@ -202,6 +254,8 @@ class Change:
             "1" if self.dead else "",
             STATUS_INDEX_PREFIX,
             job.id,
+            spec,
+            message,
             *(s.value for s in self.allowed),
         ]
 
@@ -210,7 +264,7 @@ class Change:
 class Created:
     """What `AsyncJobStore.create` did: stored the job, or found the idempotency key's job."""
 
-    record: str | None  # the stored JSON, when created
+    record: bytes | None  # the public record JSON, when created
     earlier_id: str | None = None  # the job an Idempotency-Key already names
     earlier_hash: str | None = None  # the body hash that key was used with
 
@@ -232,8 +286,8 @@ class JobStore:
 
     def apply(self, change: Change) -> bool:
         """Store ``change.job`` if the stored job is in one of ``change.allowed``."""
-        done = self._transition(keys=change.keys(), args=change.args(self._ttl_s))
-        return done == 1
+        keys, args = change.args(self._ttl_s)
+        return self._transition(keys=keys, args=args) == 1
 
     def transition(self, job: Job, allowed: Iterable[JobStatus]) -> bool:
         return self.apply(Change(job, tuple(allowed)))
@@ -290,27 +344,41 @@ class AsyncJobStore:
         if earlier:
             body_hash, _, job_id = _decode(earlier).partition(" ")
             return Created(None, earlier_id=job_id, earlier_hash=body_hash)
-        return Created(record)
+        return Created(public_record(record.encode(), []))
 
     async def get_raw(self, job_id: str) -> tuple[bytes | None, bytes | None]:
-        """The stored status and record JSON (already the public shape); Nones when unknown."""
-        status, raw = await self._redis.hmget(job_key(job_id), ["status", "job"])
-        return status, raw
+        """The stored status and the public record JSON (``JobPublic``); Nones when unknown."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(job_key(job_id), ["status", "job"])
+            pipe.lrange(hooks_key(job_id), 0, -1)
+            (status, raw), hooks = await pipe.execute()
+        return status, None if raw is None else public_record(raw, hooks)
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self._redis.hget(job_key(job_id), "job")
         return None if raw is None else Job.model_validate_json(raw)
 
     async def get_many_raw(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """Public record JSON of each job (None where unknown)."""
         if not job_ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(job_key(job_id), "job")
-            return await pipe.execute()
+                pipe.lrange(hooks_key(job_id), 0, -1)
+            rows = await pipe.execute()
+        return [
+            None if raw is None else public_record(raw, hooks)
+            for raw, hooks in zip(rows[::2], rows[1::2], strict=True)
+        ]
 
     async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        raws = await self.get_many_raw(job_ids)
+        if not job_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(job_key(job_id), "job")
+            raws = await pipe.execute()
         return [None if raw is None else Job.model_validate_json(raw) for raw in raws]
 
     async def owners(self, job_ids: Sequence[str]) -> list[tuple[str | None, str | None]]:
@@ -324,7 +392,8 @@ class AsyncJobStore:
     async def apply(self, change: Change) -> str | None:
         """Apply a status change; None when applied, else the current status ('' if the job
         does not exist)."""
-        done = await self._transition(keys=change.keys(), args=change.args(self._ttl_s))
+        keys, args = change.args(self._ttl_s)
+        done = await self._transition(keys=keys, args=args)
         if done == 1:
             return None
         return _decode(done) or ""

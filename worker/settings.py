@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from shared.settings import CommonSettings
 
-__all__ = ["WorkerSettings"]
+__all__ = ["WebhookSettings", "WorkerSettings"]
 
 
 class WorkerSettings(CommonSettings):
@@ -96,3 +97,51 @@ class WorkerSettings(CommonSettings):
                 f"guidance (got {self.structured_outputs_backend}); set one of them differently"
             )
         return self
+
+
+class WebhookSettings(CommonSettings):
+    """Settings of the webhook worker (``python -m worker.webhooks``; no engine, no GPU)."""
+
+    webhook_secret: str = Field(
+        description="Signing secret, `whsec_` + base64 (Standard Webhooks). Required.",
+    )
+    webhook_previous_secret: str | None = Field(
+        None, description="During a rotation: the old secret, which signs too until ..."
+    )
+    webhook_previous_secret_until: AwareDatetime | None = Field(
+        None, description="... this time (with a timezone); then only the new one signs."
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Timeout of one delivery request.")
+    webhook_schedule_s: list[float] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
+        min_length=1,
+        description="Delay before each attempt of a delivery: the first, then after each failure "
+        "(JSON list; default close to Standard Webhooks': now, 5 s, 5 min, 30 min, 2 h, 5 h, "
+        "10 h, then give up). Each delay gets +-20% jitter; a Retry-After longer wins.",
+    )
+    webhook_concurrency: int = Field(32, ge=1, description="Deliveries in flight at once.")
+    webhook_worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This webhook worker's name.",
+    )
+
+    @field_validator("webhook_secret", "webhook_previous_secret")
+    @classmethod
+    def _valid_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from standardwebhooks import Webhook
+
+        try:
+            Webhook(value)
+        except Exception as exc:
+            raise ValueError(f"not a `whsec_<base64>` secret: {exc}") from None
+        return value
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        secrets = [self.webhook_secret]
+        if self.webhook_previous_secret and (
+            self.webhook_previous_secret_until is None or now < self.webhook_previous_secret_until
+        ):
+            secrets.append(self.webhook_previous_secret)
+        return secrets

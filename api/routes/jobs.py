@@ -22,6 +22,7 @@ from shared.errors import Conflict, JobNotFound
 from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
 from shared.keys import ALL_INDEX, status_index
 from shared.store import AsyncJobStore, is_terminal
+from shared.webhooks import UnsafeUrl, resolve_checked
 
 __all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
 
@@ -69,6 +70,13 @@ async def create_job(
         raise invalid_field(
             ("body", "model"), f"unknown model {model!r}; served: {', '.join(settings.models)}"
         )
+    if body.webhook is not None:
+        try:
+            await asyncio.to_thread(
+                resolve_checked, body.webhook.url, settings.webhook_allowed_networks
+            )
+        except UnsafeUrl as exc:
+            raise invalid_field(("body", "webhook", "url"), str(exc)) from None
     now = utcnow()
     deadline = body.deadline
     if body.timeout_s is not None:
@@ -235,7 +243,7 @@ async def cancel_job(
         status = await store.request_cancel(job_id) or ""
         if status == JobStatus.RUNNING:
             raw = await wait_for_terminal(store, waiters, job_id, settings.cancel_wait_s)
-            job = None if raw is None else Job.model_validate_json(raw)
+            job = None if raw is None else JobPublic.model_validate_json(raw)
             status = "" if job is None else job.status.value
             if status == JobStatus.RUNNING:
                 return _job_response(job_id, raw, 202)

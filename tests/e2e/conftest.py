@@ -3,6 +3,7 @@ gateway) shared by every end-to-end test of the session, and helpers to drive it
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -14,13 +15,20 @@ from scripts.stack import Stack
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 NO_WORKERS = "no-workers-model"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"structq-e2e-webhook-secret-01234").decode()
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         tmp_path_factory.mktemp("stack"),
+        webhooks=True,
         env={
+            # Webhooks: a test secret, a short retry schedule, the local receiver allowed.
+            "STRUCTQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRUCTQ_WEBHOOK_SCHEDULE_S": "[0, 2, 2, 2]",
+            "STRUCTQ_WEBHOOK_TIMEOUT_S": "1",
+            "STRUCTQ_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             # Small enough to keep the suite quick on 2 CPU cores.
             "STRUCTQ_MAX_MODEL_LEN": "2048",
             "STRUCTQ_MAX_TOKENS_LIMIT": "2000",

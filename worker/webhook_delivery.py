@@ -1,0 +1,170 @@
+"""One webhook delivery attempt, and the move of due retries back onto the queue.
+
+Used by the webhook worker (``worker.webhooks``); see there for the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+
+from shared.celery_message import task_message
+from shared.keys import (
+    WEBHOOK_QUEUE,
+    WEBHOOK_SCHEDULE,
+    WEBHOOK_TASK_NAME,
+    delivery_key,
+    hooks_key,
+)
+from shared.webhooks import UnsafeUrl, resolve_checked, sign
+from worker.settings import WebhookSettings
+
+__all__ = ["Deliverer"]
+
+log = logging.getLogger(__name__)
+
+# KEYS: 1 schedule. ARGV: 1 now (epoch s), 2 queue, 3 delivery key prefix. Moves every due
+# delivery's prepared message onto the queue; returns how many.
+_MOVE_DUE = """#!lua
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  local message = redis.call('HGET', ARGV[3] .. id, 'message')
+  if message then redis.call('LPUSH', ARGV[2], message) end
+end
+return #due
+"""
+
+
+class Deliverer:
+    """Makes one attempt of a delivery at a time; shared by the task threads."""
+
+    def __init__(self, client, config: WebhookSettings) -> None:
+        self._redis = client
+        self._settings = config
+        self._http = httpx.Client(follow_redirects=False, timeout=config.webhook_timeout_s)
+        self._move_due = client.register_script(_MOVE_DUE)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def move_due(self) -> int:
+        return int(
+            self._move_due(
+                keys=[WEBHOOK_SCHEDULE],
+                args=[time.time(), WEBHOOK_QUEUE, delivery_key("")],
+            )
+        )
+
+    def attempt(self, delivery_id: str) -> str | None:
+        """One attempt; the delivery's state after it (None: unknown or already finished)."""
+        key = delivery_key(delivery_id)
+        raw_spec, attempts, state = self._redis.hmget(key, ["spec", "attempts", "state"])
+        if raw_spec is None or state in (b"delivered", b"gave_up"):
+            return None
+        spec = json.loads(raw_spec)
+        number = int(attempts or 0) + 1
+        self._redis.hset(key, mapping={"attempts": number, "state": "sending"})
+        started, at = time.perf_counter(), datetime.now(UTC)
+        status_code, error, retry_after = None, None, None
+        try:
+            response = self._post(spec, at)
+        except UnsafeUrl as exc:
+            outcome, error = "gave_up", str(exc)
+        except httpx.TimeoutException:
+            outcome, error = "retrying", f"timed out after {self._settings.webhook_timeout_s:g}s"
+        except httpx.HTTPError as exc:
+            outcome, error = "retrying", f"{type(exc).__name__}: {exc}"
+        else:
+            status_code = response.status_code
+            outcome = _outcome(status_code)
+            retry_after = _retry_after(response.headers.get("retry-after"))
+        schedule = self._settings.webhook_schedule_s
+        if outcome == "retrying" and number >= len(schedule):
+            outcome = "gave_up"
+        record = {
+            "event": spec["event"],
+            "webhook_id": delivery_id,
+            "attempt": number,
+            "at": at.isoformat(),
+            "status_code": status_code,
+            "error": error,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "outcome": outcome,
+        }
+        with self._redis.pipeline() as pipe:
+            pipe.rpush(hooks_key(spec["job_id"]), json.dumps(record))
+            pipe.expire(hooks_key(spec["job_id"]), self._settings.job_ttl_s)
+            if outcome == "retrying":
+                delay = schedule[number] * random.uniform(0.8, 1.2)
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
+                message = task_message(
+                    delivery_id,
+                    WEBHOOK_QUEUE,
+                    task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
+                    task=WEBHOOK_TASK_NAME,
+                )
+                pipe.hset(key, mapping={"state": "retrying", "message": message})
+                pipe.zadd(WEBHOOK_SCHEDULE, {delivery_id: time.time() + delay})
+            else:
+                pipe.hset(key, "state", outcome)
+            pipe.execute()
+        log.info(
+            "webhook %s (%s of job %s) attempt %d: %s %s",
+            delivery_id,
+            spec["event"],
+            spec["job_id"],
+            number,
+            status_code or error,
+            outcome,
+        )
+        return outcome
+
+    def _post(self, spec: dict, at: datetime) -> httpx.Response:
+        scheme, host, port, address = resolve_checked(
+            spec["url"], self._settings.webhook_allowed_networks
+        )
+        url = httpx.URL(spec["url"])
+        # Connect to the address just checked; the name travels in Host (and TLS SNI).
+        literal = f"[{address}]" if address.version == 6 else str(address)
+        pinned = url.copy_with(host=literal)
+        body = spec["payload"]
+        default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+        headers = {
+            "host": host if default_port else f"{host}:{port}",
+            "content-type": "application/json",
+            "user-agent": "structq-webhooks",
+            "webhook-id": spec["id"],
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": sign(self._settings.signing_secrets(at), spec["id"], at, body),
+        }
+        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        return self._http.post(pinned, content=body, headers=headers, extensions=extensions)
+
+
+def _outcome(status_code: int) -> str:
+    if 200 <= status_code < 300:
+        return "delivered"
+    if 400 <= status_code < 500 and status_code not in (408, 429):
+        return "gave_up"
+    return "retrying"  # 3xx (not followed), 408, 429, 5xx
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return None

@@ -1,0 +1,133 @@
+"""The webhook worker: delivers job events, off the GPU workers (``python -m worker.webhooks``).
+
+A GPU worker (or the gateway, or its janitor) only records that an event is due: the status
+change that makes it due also stores a delivery (``structq:delivery:<id>``) and pushes a task
+message onto ``structq.webhooks``, in the same Lua script. This worker, a light Celery worker
+without vLLM (it runs on any CPU node), makes the attempts:
+
+- one attempt per task: check the URL again (SSRF guard), POST the signed payload to the
+  address just checked, record the attempt on the job (``webhook_deliveries``);
+- 2xx: delivered. 4xx other than 408/429: given up at once. 3xx (never followed), 5xx, 408,
+  429, a timeout or a connection error: retried after the next delay of
+  STRUCTQ_WEBHOOK_SCHEDULE_S (with jitter; a longer ``Retry-After`` wins), until the schedule
+  runs out;
+- a retry waits in a Redis sorted set (``structq:webhooks:scheduled``) until due, and a
+  scheduler thread moves it back onto the queue: retries survive restarts of this worker;
+- a delivery already delivered (or given up) is never attempted again, so a re-delivered
+  task message does not send it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+
+from celery import Celery
+from celery.signals import worker_init, worker_shutdown
+
+from shared.keys import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, WEBHOOK_WORKER_PREFIX
+from shared.redis_pools import sync_client
+from worker.settings import WebhookSettings
+from worker.webhook_delivery import Deliverer
+
+__all__ = ["app", "settings"]
+
+log = logging.getLogger(__name__)
+
+settings = WebhookSettings.load()
+
+_READY_TTL_S = 15
+_TICK_S = 0.25
+
+app = Celery("structq-webhooks", broker=settings.redis_url)
+app.conf.update(
+    task_default_queue=WEBHOOK_QUEUE,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_pool="threads",
+    worker_concurrency=settings.webhook_concurrency,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        # Attempts are short: a message unacknowledged past this is handed out again. Its own
+        # unacked keys, so this short timeout never touches the GPU workers' messages.
+        "visibility_timeout": int(3 * settings.webhook_timeout_s + 60),
+        "unacked_key": "structq:webhooks:unacked",
+        "unacked_index_key": "structq:webhooks:unacked_index",
+        "unacked_mutex_key": "structq:webhooks:unacked_mutex",
+    },
+    worker_hijack_root_logger=False,
+)
+
+
+_state: dict[str, object] = {}
+
+
+@app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> None:
+    _state["deliverer"].attempt(delivery_id)  # type: ignore[attr-defined]
+
+
+def _scheduler(deliverer: Deliverer, client, stop: threading.Event) -> None:
+    """Moves due retries onto the queue, and keeps this worker's ready key alive."""
+    ready_key = f"{WEBHOOK_WORKER_PREFIX}{settings.webhook_worker_id}"
+    value = json.dumps({"pid": os.getpid()})
+    renewed = 0.0
+    while not stop.is_set():
+        try:
+            deliverer.move_due()
+            if time.monotonic() - renewed > _READY_TTL_S / 3:
+                client.set(ready_key, value, ex=_READY_TTL_S)
+                renewed = time.monotonic()
+        except Exception as exc:  # Redis away: try again next tick
+            log.warning("webhook scheduler: %r", exc)
+        stop.wait(_TICK_S)
+    with contextlib.suppress(Exception):
+        client.delete(ready_key)
+
+
+@worker_init.connect
+def _start(**_: object) -> None:
+    client = sync_client(settings.redis_url, max_connections=settings.webhook_concurrency + 4)
+    deliverer = Deliverer(client, settings)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_scheduler, args=(deliverer, client, stop), name="structq-webhook-scheduler"
+    )
+    thread.daemon = True
+    thread.start()
+    _state.update(deliverer=deliverer, stop=stop, thread=thread)
+    log.info("webhook worker ready; consuming %s", WEBHOOK_QUEUE)
+
+
+@worker_shutdown.connect
+def _stop(**_: object) -> None:
+    stop = _state.pop("stop", None)
+    if stop is not None:
+        stop.set()  # type: ignore[attr-defined]
+        _state["thread"].join(timeout=2)  # type: ignore[attr-defined]
+        _state["deliverer"].close()  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.webhook_concurrency}",
+            f"--queues={WEBHOOK_QUEUE}",
+            f"--hostname=structq-webhooks-{settings.webhook_worker_id}@%h",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
