@@ -28,6 +28,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from shared.keys import QUEUE_SEP, kombu_priority_steps, queue_name
 from shared.redis_pools import sync_client
 from shared.store import JobStore
+from worker.celery_config import reliable_threads_worker
 from worker.settings import WorkerSettings
 
 __all__ = ["app", "celery_config", "exit_code", "runner", "settings"]
@@ -42,8 +43,8 @@ os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, object]:
-    """Celery settings every structq Celery app uses (the visibility timeout must agree
-    everywhere a Celery client or worker reads it)."""
+    """The GPU worker's Celery settings; any other Celery client of its queues must use these
+    too (the visibility timeout and priority steps must agree wherever Celery reads them)."""
     transport = {
         # A message unacknowledged this long is handed out again: longer than any job runs.
         "visibility_timeout": settings.visibility_timeout_s,
@@ -52,23 +53,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
         "sep": QUEUE_SEP,
         "queue_order_strategy": "priority",
     }
-    return dict(
-        task_default_queue=queue_name(settings.model),
-        task_ignore_result=True,
-        # A job's message is acknowledged once the job has run, not when it is received...
-        task_acks_late=True,
-        # ...and given back if the worker process dies under it.
-        task_reject_on_worker_lost=True,
-        # A worker reserves at most one message per task thread: it takes no more jobs than it
-        # runs at once, so the rest stay in the queue for other workers (and autoscalers).
-        worker_prefetch_multiplier=1,
-        worker_pool="threads",
-        worker_concurrency=settings.max_inflight,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        worker_hijack_root_logger=False,
-    )
+    return reliable_threads_worker(queue_name(settings.model), settings.max_inflight, transport)
 
 
 app = Celery("structq", broker=settings.redis_url, include=["worker.tasks"])

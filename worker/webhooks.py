@@ -31,6 +31,7 @@ from celery.signals import worker_init, worker_shutdown
 
 from shared.keys import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, WEBHOOK_WORKER_PREFIX
 from shared.redis_pools import sync_client
+from worker.celery_config import reliable_threads_worker
 from worker.settings import WebhookSettings
 from worker.webhook_delivery import Deliverer
 
@@ -45,23 +46,18 @@ _TICK_S = 0.25
 
 app = Celery("structq-webhooks", broker=settings.redis_url)
 app.conf.update(
-    task_default_queue=WEBHOOK_QUEUE,
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_pool="threads",
-    worker_concurrency=settings.webhook_concurrency,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        # Attempts are short: a message unacknowledged past this is handed out again. Its own
-        # unacked keys, so this short timeout never touches the GPU workers' messages.
-        "visibility_timeout": int(3 * settings.webhook_timeout_s + 60),
-        "unacked_key": "structq:webhooks:unacked",
-        "unacked_index_key": "structq:webhooks:unacked_index",
-        "unacked_mutex_key": "structq:webhooks:unacked_mutex",
-    },
-    worker_hijack_root_logger=False,
+    reliable_threads_worker(
+        WEBHOOK_QUEUE,
+        settings.webhook_concurrency,
+        {
+            # Attempts are short: a message unacknowledged past this is handed out again. Its
+            # own unacked keys, so this short timeout never touches the GPU workers' messages.
+            "visibility_timeout": int(3 * settings.webhook_timeout_s + 60),
+            "unacked_key": "structq:webhooks:unacked",
+            "unacked_index_key": "structq:webhooks:unacked_index",
+            "unacked_mutex_key": "structq:webhooks:unacked_mutex",
+        },
+    )
 )
 
 
