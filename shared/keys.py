@@ -30,7 +30,6 @@ __all__ = [
     "delivery_key",
     "hooks_key",
     "idempotency_key",
-    "job_id_of_task",
     "job_key",
     "kombu_priority",
     "kombu_priority_steps",
@@ -144,10 +143,6 @@ def task_id_for(job_id: str, suffix: str = "") -> str:
     """A task message id for ``job_id``: the job id, plus a suffix on re-queued messages so
     that no two messages in flight (kombu keys unacked ones by it) share an id."""
     return f"{job_id}~{suffix}" if suffix else job_id
-
-
-def job_id_of_task(task_id: str) -> str:
-    return task_id.split("~", 1)[0]
 
 
 def delivery_key(delivery_id: str) -> str:
