@@ -143,6 +143,11 @@ class JobCreate(_Model):
     webhook: WebhookSpec | None = Field(
         None, description="Where to POST the job's events (signed per Standard Webhooks)."
     )
+    stream: bool = Field(
+        False,
+        description="Publish the output as it is generated: read it as server-sent events "
+        "from `GET /v1/jobs/{id}/stream`.",
+    )
 
     @model_validator(mode="after")
     def _prompt_xor_messages(self) -> Self:

@@ -21,6 +21,8 @@ __all__ = [
     "QUEUE_PREFIX",
     "QUEUE_SEP",
     "STATUS_INDEX_PREFIX",
+    "STREAM_PREFIX",
+    "STREAM_TTL_S",
     "TASK_NAME",
     "WEBHOOK_QUEUE",
     "WEBHOOK_SCHEDULE",
@@ -37,6 +39,7 @@ __all__ = [
     "queue_lists",
     "queue_name",
     "status_index",
+    "stream_key",
     "task_id_for",
     "worker_key",
 ]
@@ -83,6 +86,11 @@ WORKER_PREFIX = "structq:worker:"
 # Pub/sub channel: the id of every job that just reached a terminal status, published by the
 # same script that writes the status, so a long-polling client wakes the moment it is readable.
 DONE_CHANNEL = "structq:done"
+# A streaming job's output as the worker generates it: one Redis stream per job, entries
+# {"a": attempt, "d": text delta}, then {"a": attempt, "end": "1"} once the job's terminal
+# status is written. Kept STREAM_TTL_S after its last entry.
+STREAM_PREFIX = "structq:stream:"
+STREAM_TTL_S = 600
 
 # The Celery task every job message names. The gateway writes these messages itself.
 TASK_NAME = "structq.run_job"
@@ -143,6 +151,10 @@ def task_id_for(job_id: str, suffix: str = "") -> str:
     """A task message id for ``job_id``: the job id, plus a suffix on re-queued messages so
     that no two messages in flight (kombu keys unacked ones by it) share an id."""
     return f"{job_id}~{suffix}" if suffix else job_id
+
+
+def stream_key(job_id: str) -> str:
+    return f"{STREAM_PREFIX}{job_id}"
 
 
 def delivery_key(delivery_id: str) -> str:

@@ -93,6 +93,7 @@ def _start_engine(**_: object) -> None:
     from worker.model import prepare_default_model
     from worker.orphans import guard_engine_processes
     from worker.runner import JobRunner
+    from worker.streams import DeltaPublisher
 
     try:
         model_path = settings.model_path or prepare_default_model(settings.cache_dir)
@@ -103,15 +104,24 @@ def _start_engine(**_: object) -> None:
         # Celery logs and swallows exceptions from signal handlers; a worker without an engine
         # must not consume jobs, so leave now.
         raise SystemExit(1) from None
-    # One connection per task thread at most, plus the heartbeat and cancel listener.
-    client = sync_client(settings.redis_url, max_connections=settings.max_inflight + 4)
-    job_runner = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings)
+    # One connection per task thread at most, plus the heartbeat, cancel listener and streams.
+    client = sync_client(settings.redis_url, max_connections=settings.max_inflight + 5)
+    streams = DeltaPublisher(client)
+    streams.start()
+    _state["streams"] = streams
+    job_runner = JobRunner(JobStore(client, settings.job_ttl_s), engine, settings, streams)
     _state["engine"] = engine
     _state["runner"] = job_runner
     cancels = CancelListener(client, job_runner.cancel)
     cancels.start()
     _state["cancels"] = cancels
-    heartbeat = Heartbeat(client, settings.worker_id, settings.model, settings.heartbeat_ttl_s)
+    heartbeat = Heartbeat(
+        client,
+        settings.worker_id,
+        settings.model,
+        settings.heartbeat_ttl_s,
+        max_model_len=settings.max_model_len,
+    )
     heartbeat.start()
     _state["heartbeat"] = heartbeat
     log.info("engine ready; consuming %s", queue_name(settings.model))
@@ -136,7 +146,7 @@ def _shutting_down(how: str = "", **_: object) -> None:
 @worker_shutdown.connect
 def _stop_engine(**_: object) -> None:
     """Warm shutdown: in-flight tasks are done (finished or re-queued); free the engine."""
-    for name in ("heartbeat", "cancels"):
+    for name in ("heartbeat", "cancels", "streams"):
         part = _state.pop(name, None)
         if part is not None:
             part.stop()  # type: ignore[attr-defined]

@@ -65,6 +65,7 @@ class _Request:
     prompt: str
     params: SamplingParams
     future: Future[Generation]
+    on_delta: Callable[[str], None] | None = None
     parts: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     prompt_tokens: int = 0
@@ -174,12 +175,20 @@ class Engine:
             [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
         )
 
-    def submit(self, request_id: str, prompt: str, params: SamplingParams) -> Future[Generation]:
+    def submit(
+        self,
+        request_id: str,
+        prompt: str,
+        params: SamplingParams,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Future[Generation]:
+        """Queue a request; ``on_delta`` (called on the engine thread, so it must not block)
+        gets each step's new text."""
         future: Future[Generation] = Future()
         if self._dead is not None or self._stopping.is_set():
             future.set_exception(EngineDead("the engine is not running"))
             return future
-        self._inbox.put(_Request(request_id, prompt, params, future))
+        self._inbox.put(_Request(request_id, prompt, params, future, on_delta))
         return future
 
     @property
@@ -268,6 +277,8 @@ class Engine:
                 continue
             completion = out.outputs[0]
             req.parts.append(completion.text)
+            if req.on_delta is not None:
+                req.on_delta(completion.text)
             req.completion_tokens += len(completion.token_ids)
             if out.prompt_token_ids is not None:
                 req.prompt_tokens = len(out.prompt_token_ids)

@@ -25,7 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, worker_id: str, model: str, ttl_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        model: str,
+        ttl_s: float,
+        max_model_len: int | None = None,
+    ) -> None:
         self._redis = client
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._key = worker_key(worker_id)
@@ -34,6 +41,7 @@ class Heartbeat:
                 "worker_id": worker_id,
                 "model": model,
                 "queue": queue_name(model),
+                "max_model_len": max_model_len,
                 "pid": os.getpid(),
                 "ready_at": utcnow().isoformat(),
             }

@@ -10,6 +10,7 @@ re-queues it once this worker's heartbeat is gone.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from shared.output_types import OutputMismatch, TextSpec
 from shared.store import Change, JobStore
 from worker.engine import Engine, Generation
 from worker.settings import WorkerSettings
+from worker.streams import DeltaPublisher
 from worker.structured import sampling_params
 
 __all__ = ["FAULT_KEY", "JobRunner", "NotTaking"]
@@ -51,9 +53,16 @@ class _Active:
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, engine: Engine, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        engine: Engine,
+        settings: WorkerSettings,
+        streams: DeltaPublisher | None = None,
+    ) -> None:
         self._store = store
         self._engine = engine
+        self._streams = streams
         self._settings = settings
         self._worker_id = settings.worker_id
         self._active: dict[str, _Active] = {}
@@ -109,6 +118,8 @@ class JobRunner:
                 log.critical("job %s asks for this worker's death (fault injection)", job_id)
                 os.kill(os.getpid(), signal.SIGKILL)
             self._store.apply(self._run(claim.job, active))
+            if claim.job.stream and self._streams is not None:
+                self._streams.end(job_id, claim.job.attempts)
         finally:
             with self._lock:
                 self._active.pop(job_id, None)
@@ -117,7 +128,10 @@ class JobRunner:
         try:
             prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
             request_id = f"{job.id}-{job.attempts}"
-            future = self._engine.submit(request_id, prompt, sampling_params(job))
+            on_delta = None
+            if job.stream and self._streams is not None:
+                on_delta = functools.partial(self._streams.delta, job.id, job.attempts)
+            future = self._engine.submit(request_id, prompt, sampling_params(job), on_delta)
             with self._lock:
                 active.request_id = request_id
                 cancel = active.cancel

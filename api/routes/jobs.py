@@ -6,23 +6,23 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import json
-import uuid
-from datetime import timedelta
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
+from api import service
 from api.deps import ClientDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
+from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
 from shared import lifecycle
 from shared.errors import Conflict, JobNotFound
-from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
+from shared.jobs import JobCreate, JobPublic, JobStatus, utcnow
 from shared.keys import ALL_INDEX, status_index
 from shared.store import AsyncJobStore, is_terminal
-from shared.webhooks import UnsafeUrl, resolve_checked
 
 __all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
 
@@ -59,61 +59,8 @@ async def create_job(
     ] = None,
 ) -> Response:
     """Validate a job, store it as ``queued`` and enqueue it for its model's worker pool."""
-    if body.sampling.max_tokens > settings.max_tokens_limit:
-        raise invalid_field(
-            ("body", "sampling", "max_tokens"),
-            f"max_tokens {body.sampling.max_tokens} is above this deployment's limit "
-            f"of {settings.max_tokens_limit}",
-        )
-    model = body.model or settings.model
-    if model not in settings.models:
-        raise invalid_field(
-            ("body", "model"), f"unknown model {model!r}; served: {', '.join(settings.models)}"
-        )
-    if body.webhook is not None:
-        try:
-            await asyncio.to_thread(
-                resolve_checked, body.webhook.url, settings.webhook_allowed_networks
-            )
-        except UnsafeUrl as exc:
-            raise invalid_field(("body", "webhook", "url"), str(exc)) from None
-    now = utcnow()
-    deadline = body.deadline
-    if body.timeout_s is not None:
-        deadline = now + timedelta(seconds=body.timeout_s)
-    elif deadline is not None and deadline <= now:
-        raise invalid_field(("body", "deadline"), f"deadline {deadline} has already passed")
-    # Fields are handed over as validated objects: pydantic does not check them a second time.
-    fields = {name: getattr(body, name) for name in JobCreate.model_fields}
-    job = Job(
-        **{**fields, "model": model, "deadline": deadline},
-        id=str(uuid.uuid4()),
-        created_at=now,
-    )
-    where, message = lifecycle.enqueue_message(job)
-    idempotency = None
-    if idempotency_key is not None:
-        if not idempotency_key:
-            raise invalid_field(("header", "idempotency-key"), "must not be empty")
-        body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        idempotency = (client, idempotency_key, body_hash, settings.idempotency_ttl_s)
-    created = await store.create(job, where, message, idempotency)
-    if created.record is not None:
-        return _created(job.id, created.record, 202)
-    assert idempotency is not None and created.earlier_id is not None
-    if created.earlier_hash != idempotency[2]:
-        raise invalid_field(
-            ("header", "idempotency-key"),
-            f"Idempotency-Key {idempotency_key!r} was used with a different request body "
-            f"(job {created.earlier_id}); use a new key for a new job",
-        )
-    _, raw = await store.get_raw(created.earlier_id)
-    if raw is None:
-        raise Conflict(
-            f"Idempotency-Key {idempotency_key!r} created job {created.earlier_id}, which has "
-            "since been deleted; use a new key"
-        )
-    return _created(created.earlier_id, raw, 200)
+    submitted = await service.submit(store, settings, body, client, idempotency_key)
+    return _created(submitted.job_id, submitted.record, 202 if submitted.created else 200)
 
 
 def _created(job_id: str, record: str | bytes, status_code: int) -> Response:
@@ -214,6 +161,40 @@ async def wait_for_terminal(
     return raw
 
 
+@router.get(
+    "/{job_id}/stream",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events."},
+        404: {"description": "No such job."},
+    },
+)
+async def stream_job(job_id: str, request: Request, store: StoreDep) -> StreamingResponse:
+    """The job's output as server-sent events: ``event: delta`` with ``{"text": ...}`` as it is
+    generated (for a job submitted with ``"stream": true``; any other job's text comes in one
+    delta at its end), then ``event: done`` with the job's record. The stream ends there, or
+    after MAX_WAIT_S with ``event: timeout`` (connect again to go on: the deltas so far are
+    sent again first)."""
+    _, raw = await store.get_raw(job_id)
+    _job_response(job_id, raw)  # 404 when unknown
+
+    async def events() -> AsyncIterator[str]:
+        streams = request.app.state.stream_redis
+        async for event in relay(streams, store, [job_id], MAX_WAIT_S):
+            if isinstance(event, Delta):
+                yield f"event: delta\ndata: {json.dumps({'text': event.text})}\n\n"
+                continue
+            job = event.job
+            if job is None or not job.status.terminal:
+                yield "event: timeout\ndata: {}\n\n"
+                return
+            text = job.result.text if job.result else (job.error.text if job.error else None)
+            if text and text.startswith(event.relayed) and len(text) > len(event.relayed):
+                yield f"event: delta\ndata: {json.dumps({'text': text[len(event.relayed) :]})}\n\n"
+            yield f"event: done\ndata: {job.model_dump_json()}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
@@ -232,21 +213,13 @@ async def cancel_job(
     job = await store.get(job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
-    if job.status is JobStatus.QUEUED:
-        current = await store.apply(lifecycle.cancel_queued(job, "cancelled by the client"))
-        if current is None:
-            return _job_response(job_id, (await store.get_raw(job_id))[1])
-        status = current
-    else:
-        status = job.status.value
+    status = await service.cancel(store, job, "cancelled by the client")
     if status == JobStatus.RUNNING:
-        status = await store.request_cancel(job_id) or ""
+        raw = await wait_for_terminal(store, waiters, job_id, settings.cancel_wait_s)
+        job = None if raw is None else JobPublic.model_validate_json(raw)
+        status = "" if job is None else job.status.value
         if status == JobStatus.RUNNING:
-            raw = await wait_for_terminal(store, waiters, job_id, settings.cancel_wait_s)
-            job = None if raw is None else JobPublic.model_validate_json(raw)
-            status = "" if job is None else job.status.value
-            if status == JobStatus.RUNNING:
-                return _job_response(job_id, raw, 202)
+            return _job_response(job_id, raw, 202)
     if status == JobStatus.CANCELLED:
         return _job_response(job_id, (await store.get_raw(job_id))[1])
     if not status:

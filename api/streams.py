@@ -1,0 +1,95 @@
+"""Relays streaming jobs' output from their Redis streams (written by ``worker.streams``).
+
+The relay never trusts the stream to be complete: when a job ends, whatever its final
+record holds beyond what was relayed is sent too, so a delta lost on the way (or a job that
+finished before anyone read its stream) still reaches the client whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from shared.jobs import JobPublic
+from shared.keys import stream_key
+from shared.store import AsyncJobStore
+
+__all__ = ["Delta", "Finished", "relay"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Job ``index`` ended (``job``: its record, None if gone) or was still unfinished at the
+    relay's timeout (``job.status`` not terminal). ``relayed``: the text sent as deltas."""
+
+    index: int
+    job: JobPublic | None
+    relayed: str
+
+
+async def relay(
+    streams: aioredis.Redis,
+    store: AsyncJobStore,
+    job_ids: list[str],
+    timeout_s: float,
+    poll_s: float = 1.0,
+) -> AsyncIterator[Delta | Finished]:
+    """Each job's deltas as they are published, then its ``Finished``; in arrival order."""
+    keys = [stream_key(job_id) for job_id in job_ids]
+    index = {key.encode(): i for i, key in enumerate(keys)}
+    last = ["0-0"] * len(keys)
+    attempt: list[int | None] = [None] * len(keys)
+    relayed = [""] * len(keys)
+    ended = [False] * len(keys)
+    done = [False] * len(keys)
+    deadline = time.monotonic() + timeout_s
+    checked = time.monotonic()
+    while not all(done):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        reading = {keys[i]: last[i] for i in range(len(keys)) if not (done[i] or ended[i])}
+        if reading:
+            block_ms = max(1, int(min(poll_s, remaining) * 1000))
+            answer = await streams.xread(reading, count=512, block=block_ms)
+            for key, entries in answer or []:
+                i = index[key]
+                for entry_id, fields in entries:
+                    last[i] = entry_id.decode()
+                    run = int(fields[b"a"])
+                    attempt[i] = run if attempt[i] is None else attempt[i]
+                    if run != attempt[i]:
+                        continue  # a later run of a re-queued job: its final record decides
+                    if b"end" in fields:
+                        ended[i] = True
+                        break
+                    text = fields[b"d"].decode()
+                    relayed[i] += text
+                    yield Delta(i, text)
+        else:
+            await asyncio.sleep(min(poll_s / 10, remaining))
+        now = time.monotonic()
+        if not any(ended[i] and not done[i] for i in range(len(keys))) and now - checked < poll_s:
+            continue
+        checked = now
+        pending = [i for i in range(len(keys)) if not done[i]]
+        raws = await store.get_many_raw([job_ids[i] for i in pending])
+        for i, raw in zip(pending, raws, strict=True):
+            job = None if raw is None else JobPublic.model_validate_json(raw)
+            if job is None or job.status.terminal:
+                done[i] = True
+                yield Finished(i, job, relayed[i])
+    pending = [i for i in range(len(keys)) if not done[i]]
+    raws = await store.get_many_raw([job_ids[i] for i in pending])
+    for i, raw in zip(pending, raws, strict=True):
+        yield Finished(i, None if raw is None else JobPublic.model_validate_json(raw), relayed[i])
