@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from shared.errors import ServiceUnavailable, StructqError
 
-__all__ = ["install_error_handlers", "invalid_field"]
+__all__ = ["install_error_handlers", "invalid_field", "openai_error", "openai_error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,64 @@ def _body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": {"code": code, "message": message}, **extra}
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+# Routes that answer errors in OpenAI's shape, for the openai SDK and the clients built on it.
+_OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+
+
+def _openai_route(request: Request) -> bool:
+    return request.url.path.startswith(_OPENAI_PATHS)
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def openai_error(status: int, message: str, code: str, param: object = None) -> dict[str, object]:
+    """The ``error`` object of OpenAI's error body."""
+    return {"message": message, "type": _openai_type(status), "param": param, "code": code}
+
+
+def openai_error_response(exc: StructqError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``exc`` answered in OpenAI's error shape, with ``headers`` added."""
+    response = _openai_response(
+        exc.http_status, exc.message, exc.code, exc.extra.get("param"), exc.retryable
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+def _openai_response(
+    status: int, message: str, code: str, param: object, retryable: bool
+) -> JSONResponse:
+    # The openai SDK retries 409s and 5xx unless told not to: a retry would submit new jobs.
+    headers = {"Retry-After": "1"} if retryable else {"x-should-retry": "false"}
+    body = {"error": openai_error(status, message, code, param)}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     detail = [
         {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
     ]
     summary = "; ".join(
         f"{'.'.join(str(p) for p in d['loc'] if p != 'body') or 'body'}: {d['msg']}" for d in detail
     )
+    if _openai_route(request):
+        param = ".".join(str(p) for p in detail[0]["loc"] if p != "body") if detail else None
+        return _openai_response(422, summary, "invalid_request", param or None, retryable=False)
     return JSONResponse(status_code=422, content=_body("invalid_request", summary, detail=detail))
 
 
-async def _structq(_: Request, exc: StructqError) -> JSONResponse:
+async def _structq(request: Request, exc: StructqError) -> JSONResponse:
+    if _openai_route(request):
+        param = exc.extra.get("param")
+        return _openai_response(exc.http_status, exc.message, exc.code, param, exc.retryable)
     headers = {"Retry-After": "1"} if exc.retryable else None
     body = {"error": {"code": exc.code, "message": exc.message, **exc.extra}}
     return JSONResponse(status_code=exc.http_status, content=body, headers=headers)

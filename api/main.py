@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.janitor import Janitor
-from api.routes import admin, health, jobs
+from api.routes import admin, health, jobs, openai
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.redis_pools import async_client
@@ -30,6 +30,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         client = async_client(settings.redis_url, settings.redis_max_connections)
         app.state.redis = client
         app.state.store = AsyncJobStore(client, settings.job_ttl_s)
+        # Streaming relays block on XREAD: their own pool, so they never starve other requests.
+        app.state.stream_redis = async_client(settings.redis_url, settings.stream_max_connections)
         app.state.waiters = CompletionWaiters(client)
         await app.state.waiters.start()
         janitor = Janitor(app.state.store, settings)
@@ -39,6 +41,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         finally:
             await janitor.stop()
             await app.state.waiters.stop()
+            await app.state.stream_redis.aclose()
             await client.aclose()
 
     app = FastAPI(
@@ -50,6 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     return app

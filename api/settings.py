@@ -45,6 +45,20 @@ class ApiSettings(CommonSettings):
         "before answering 202 with the job still running.",
     )
 
+    openai_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long `/v1/chat/completions` and `/v1/completions` wait for their jobs. "
+        "The jobs carry it as their `timeout_s`: not done by then, they expire or are aborted, "
+        "and the request gets a 504 timeout error.",
+    )
+    stream_max_connections: int = Field(
+        256,
+        ge=1,
+        description="Redis connections per gateway process for relaying streamed output (one "
+        "per streaming request while it reads).",
+    )
+
     @model_validator(mode="after")
     def _idempotency_within_job_ttl(self) -> Self:
         if self.idempotency_ttl_s > self.job_ttl_s:

@@ -15,6 +15,8 @@ from scripts.stack import Stack
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 NO_WORKERS = "no-workers-model"
+# How long the OpenAI-compatible routes wait for their jobs in the e2e stack.
+OPENAI_WAIT_S = 20
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"structq-e2e-webhook-secret-01234").decode()
 
 
@@ -41,6 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "STRUCTQ_FAULT_INJECTION": "true",
             # A model no worker serves: its jobs stay queued for as long as a test needs.
             "STRUCTQ_EXTRA_MODELS": f'["{NO_WORKERS}"]',
+            # A request of the OpenAI-compatible routes that outlives this times out (504).
+            "STRUCTQ_OPENAI_WAIT_S": str(OPENAI_WAIT_S),
         },
     )
     stack.start()
