@@ -52,8 +52,38 @@ def main() -> int:
             else:
                 ok = False
                 print(f"  FAILED {job['error']['code']}: {job['error']['message']}")
+        ok = _openai_clients(stack.api_url) and ok
     print("\nAll seed examples succeeded." if ok else "\nSome seed examples did not succeed.")
     return 0 if ok else 1
+
+
+def _openai_clients(api_url: str) -> bool:
+    """The same service through the OpenAI-compatible routes, as the seeds' clients use it."""
+    import openai
+    import outlines
+    from outlines.types import Regex
+
+    print("\nThe OpenAI-compatible routes, with the openai SDK and outlines.from_vllm:")
+    try:
+        with openai.OpenAI(base_url=f"{api_url}/v1", api_key="unused") as client:
+            served = [m.id for m in client.models.list().data]
+            print(f"  GET /v1/models -> {served}")
+            reply = client.chat.completions.create(
+                model=served[0],
+                messages=[{"role": "user", "content": "What's the capital of Latvia?"}],
+                max_tokens=20,
+                temperature=0,
+            )
+            print(f"  chat.completions.create -> {reply.choices[0].message.content!r}")
+            model = outlines.from_vllm(client, served[0])
+            ssn = model("Generate a fake social security number.", Regex(r"\d{3}-\d{2}-\d{4}"))
+            print(f"  outlines, Regex(r'\\d{{3}}-\\d{{2}}-\\d{{4}}') -> {ssn!r}")
+            chunks = list(model.stream("Tell me a short story about a cat.", max_tokens=24))
+            print(f"  outlines, stream -> {len(chunks)} chunks: {''.join(chunks)!r}")
+    except openai.OpenAIError as exc:
+        print(f"  FAILED: {exc}")
+        return False
+    return True
 
 
 if __name__ == "__main__":
