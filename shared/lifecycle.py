@@ -6,6 +6,7 @@
       │  ▲               │
       │  └──re-queue─────┘  (worker died, engine died, drained; within max_attempts)
       ├──▶ cancelled        (client cancel, admin purge)
+      ├──▶ failed           (a worker cannot read the job as stored)
       └──▶ expired          (deadline passed before a worker started it)
     failed | cancelled | expired ──retry──▶ queued
 
@@ -31,6 +32,7 @@ __all__ = [
     "expire",
     "fail_or_requeue",
     "finish",
+    "refuse",
     "requeue",
     "retry",
 ]
@@ -115,6 +117,18 @@ def expire(job: Job) -> Change:
         }
     )
     return Change(expired, (JobStatus.QUEUED,))
+
+
+def refuse(job: Job, code: str, message: str) -> Change:
+    """``queued → failed``: a worker that cannot run the job as written fails it at once."""
+    failed = job.model_copy(
+        update={
+            "status": JobStatus.FAILED,
+            "finished_at": utcnow(),
+            "error": JobError(code=code, message=message),
+        }
+    )
+    return Change(failed, (JobStatus.QUEUED,))
 
 
 def cancel_queued(job: Job, reason: str) -> Change:

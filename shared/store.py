@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from shared.celery_message import task_message
 from shared.jobs import Job, JobStatus, utcnow
@@ -280,6 +281,26 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         raw = self._redis.hget(job_key(job_id), "job")
         return None if raw is None else Job.model_validate_json(raw)
+
+    def get_readable(self, job_id: str) -> tuple[Job | None, str | None]:
+        """The job, and why this process cannot run it as written (None: it can). A record
+        that does not validate (e.g. written by a newer gateway, with fields this worker does
+        not know) comes back read leniently, known fields only, so it can still be failed."""
+        raw = self._redis.hget(job_key(job_id), "job")
+        if raw is None:
+            return None, None
+        try:
+            return Job.model_validate_json(raw), None
+        except ValidationError as exc:
+            problem = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
+            )
+        fields = json.loads(raw)
+        known = {k: v for k, v in fields.items() if k in Job.model_fields}
+        try:
+            return Job.model_validate(known), problem
+        except ValidationError:
+            return None, problem
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self._redis.hexists(job_key(job_id), "cancel"))

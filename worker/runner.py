@@ -93,12 +93,23 @@ class JobRunner:
     # -- a task thread ----------------------------------------------------------------
 
     def run(self, job_id: str) -> None:
-        job = self._store.get(job_id)
+        job, problem = self._store.get_readable(job_id)
         if job is None:
-            log.warning("job %s is gone (expired or deleted); skipping", job_id)
+            if problem is None:
+                log.warning("job %s is gone (expired or deleted); skipping", job_id)
+            else:
+                log.error("job %s's record cannot be read at all, left as is: %s", job_id, problem)
             return
         if job.status is not JobStatus.QUEUED:
             log.info("job %s is %s, not queued; skipping", job_id, job.status)
+            return
+        if problem is not None:
+            log.error("job %s cannot be read as stored: %s", job_id, problem)
+            message = (
+                "this worker cannot read the job as stored (a gateway newer than the "
+                f"worker?): {problem}"
+            )
+            self._store.apply(lifecycle.refuse(job, "unreadable_job", message))
             return
         if self._draining.is_set() or not self._engine.alive:
             raise NotTaking(job_id)

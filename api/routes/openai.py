@@ -9,6 +9,8 @@ answers in OpenAI's shape, or relays their tokens as server-sent events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -39,7 +41,7 @@ from api.settings import ApiSettings
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
 from shared.errors import StructqError
-from shared.jobs import JobCreate
+from shared.jobs import JobCreate, JobPublic
 from shared.keys import WORKER_PREFIX
 from shared.store import AsyncJobStore
 
@@ -49,6 +51,8 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 # How much longer than the jobs' own timeout the gateway waits for their final status.
 _GRACE_S = 5.0
+# How often a waiting request checks whether its client is still there.
+_DISCONNECT_CHECK_S = 1.0
 
 
 class ModelNotFound(StructqError):
@@ -161,7 +165,10 @@ async def _answer(
     if body.stream:
         events = _sse(kind, body, rid, ids, request.app.state.stream_redis, store, wait_s)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    finished = await service.wait_all(store, waiters, ids, wait_s)
+    finished = await _wait_unless_gone(request, store, waiters, ids, wait_s)
+    if finished is None:  # nobody to answer: stop the work, as vLLM aborts a dropped request
+        await _cancel(store, ids)
+        return JSONResponse({}, status_code=499)
     outcomes = [outcome(job, job_id) for job, job_id in zip(finished, ids, strict=True)]
     await _cancel(store, [job_id for job_id, o in zip(ids, outcomes, strict=True) if o.error])
     for o in outcomes:
@@ -169,6 +176,29 @@ async def _answer(
             return openai_error_response(o.error, headers)
     build = chat_response if kind == "chat" else completion_response
     return JSONResponse(build(rid, body.model, outcomes, body.n), headers=headers)
+
+
+async def _wait_unless_gone(
+    request: Request,
+    store: AsyncJobStore,
+    waiters: CompletionWaiters,
+    ids: list[str],
+    wait_s: float,
+) -> list[JobPublic | None] | None:
+    """The jobs once finished (or at the timeout); None if the client disconnected first."""
+    waiting = asyncio.create_task(service.wait_all(store, waiters, ids, wait_s))
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=_DISCONNECT_CHECK_S)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
 
 
 async def _cancel(store: AsyncJobStore, job_ids: list[str]) -> None:

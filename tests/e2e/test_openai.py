@@ -374,3 +374,19 @@ def _first_events(response, count):
             if len(events) >= count:
                 break
     return events
+
+
+def test_a_client_that_gives_up_waiting_cancels_its_job(stack):
+    body = {
+        "model": MODEL,
+        "messages": _user("Tell me a long story."),
+        "max_tokens": 400,
+        "ignore_eos": True,
+    }
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        with pytest.raises(httpx.ReadTimeout):
+            api.post("/v1/chat/completions", json=body, timeout=3)
+        job_id = api.get("/v1/jobs", params={"limit": 1}).json()["data"][0]["id"]
+        job = wait_for(api, [job_id])[job_id]
+    assert job["status"] == "cancelled"
+    assert job["error"]["usage"]["completion_tokens"] < 400

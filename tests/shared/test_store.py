@@ -171,3 +171,21 @@ def test_change_of_a_missing_job_does_nothing(redis_client):
     store = JobStore(redis_client, ttl_s=50)
     assert not store.apply(Change(_job("nope"), (JobStatus.QUEUED,)))
     assert not redis_client.exists(job_key("nope"))
+
+
+def test_a_record_the_worker_cannot_read_fails_at_once_instead_of_staying_queued(
+    redis_client, redis_url
+):
+    from worker.runner import JobRunner
+    from worker.settings import WorkerSettings
+
+    _create(redis_url, _job("new"))
+    # As a newer gateway might write it: a field this worker's Job does not know.
+    record = json.loads(redis_client.hget(job_key("new"), "job"))
+    redis_client.hset(job_key("new"), "job", json.dumps({**record, "from_the_future": 1}))
+    store = JobStore(redis_client, 100)
+    runner = JobRunner(store, engine=None, settings=WorkerSettings(worker_id="w"))  # type: ignore[arg-type]
+    runner.run("new")
+    job = store.get("new")
+    assert job.status == "failed" and job.error.code == "unreadable_job"
+    assert "from_the_future" in job.error.message
