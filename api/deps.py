@@ -10,11 +10,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.store import AsyncJobStore
 
-__all__ = ["ClientDep", "SettingsDep", "StoreDep", "WaitersDep"]
+__all__ = ["AdmissionDep", "SettingsDep", "StoreDep", "WaitersDep"]
 
 
 async def _settings(request: Request) -> ApiSettings:
@@ -25,16 +26,15 @@ async def _store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 
+async def _admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
 async def _waiters(request: Request) -> CompletionWaiters:
     return request.app.state.waiters
 
 
-async def _client(request: Request) -> str:
-    # Who is calling: scopes Idempotency-Keys. One shared scope until API keys exist.
-    return "anonymous"
-
-
-ClientDep = Annotated[str, Depends(_client)]
+AdmissionDep = Annotated[Admission, Depends(_admission)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(_store)]
 WaitersDep = Annotated[CompletionWaiters, Depends(_waiters)]

@@ -57,7 +57,7 @@ def openai_error_response(exc: StructqError, headers: dict[str, str] | None = No
     response = _openai_response(
         exc.http_status, exc.message, exc.code, exc.extra.get("param"), exc.retryable
     )
-    response.headers.update(headers or {})
+    response.headers.update({**exc.headers, **(headers or {})})
     return response
 
 
@@ -85,11 +85,12 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 async def _structq(request: Request, exc: StructqError) -> JSONResponse:
     if _openai_route(request):
-        param = exc.extra.get("param")
-        return _openai_response(exc.http_status, exc.message, exc.code, param, exc.retryable)
-    headers = {"Retry-After": "1"} if exc.retryable else None
+        return openai_error_response(exc)
+    headers = {"Retry-After": "1"} if exc.retryable else {}
     body = {"error": {"code": exc.code, "message": exc.message, **exc.extra}}
-    return JSONResponse(status_code=exc.http_status, content=body, headers=headers)
+    return JSONResponse(
+        status_code=exc.http_status, content=body, headers={**headers, **exc.headers}
+    )
 
 
 async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
@@ -97,7 +98,17 @@ async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSO
     return await _structq(request, ServiceUnavailable("the job store is unavailable; retry"))
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug of ours: the client learns only that, never a trace, a path or another's data.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    message = "internal error; the gateway's log has the details"
+    if _openai_route(request):
+        return _openai_response(500, message, "internal_error", None, retryable=False)
+    return JSONResponse(status_code=500, content=_body("internal_error", message))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     app.add_exception_handler(StructqError, _structq)  # type: ignore[arg-type]
     app.add_exception_handler(redis.exceptions.RedisError, _redis_down)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

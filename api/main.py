@@ -6,20 +6,27 @@ Run it with ``python -m api`` (settings from ``STRUCTQ_*``) or
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.auth import KeyRing, rate_script
 from api.errors import install_error_handlers
 from api.janitor import Janitor
+from api.limits import BodyLimit
 from api.routes import admin, health, jobs, openai
+from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.redis_pools import async_client
 from shared.store import AsyncJobStore
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -30,6 +37,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         client = async_client(settings.redis_url, settings.redis_max_connections)
         app.state.redis = client
         app.state.store = AsyncJobStore(client, settings.job_ttl_s)
+        app.state.rate_script = rate_script(client)
+        app.state.admission = Admission.from_settings(settings, client)
+        checker = app.state.admission.checker
+        warming = None
+        if checker is not None:  # start the compile processes without holding up start-up
+            warming = asyncio.create_task(checker.warm())
         # Streaming relays block on XREAD: their own pool, so they never starve other requests.
         app.state.stream_redis = async_client(settings.redis_url, settings.stream_max_connections)
         app.state.waiters = CompletionWaiters(client)
@@ -40,6 +53,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             yield
         finally:
             await janitor.stop()
+            if warming is not None:
+                warming.cancel()
+            if checker is not None:
+                checker.close()
             await app.state.waiters.stop()
             await app.state.stream_redis.aclose()
             await client.aclose()
@@ -51,6 +68,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.keys = KeyRing(settings.api_keys)
+    if not settings.api_keys:
+        log.warning("STRUCTQ_INSECURE_NO_AUTH: no API keys, every caller is an admin")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(openai.router)

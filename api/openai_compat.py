@@ -56,11 +56,12 @@ class InvalidRequest(StructqError):
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored, as vLLM's server does; those that matter are refused below.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are kept aside (``model_extra``): vLLM's fields that would change the
+    # output are refused below, anything else is ignored, as vLLM's server ignores it.
+    model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    model: str | None = Field(None, min_length=1, description="Default: STRUCTQ_MODEL.")
+    n: int | None = Field(1, ge=1, le=MAX_CHOICES)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -68,13 +69,13 @@ class _Request(BaseModel):
     stop: str | list[str] | None = None
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    stream: bool = False
+    stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     # vLLM's extra sampling fields
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False
     # structured output, in every form clients send
     structured_outputs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
@@ -108,10 +109,47 @@ class CompletionRequest(_Request):
     suffix: str | None = None
 
 
+# vLLM request fields this server does not implement, with the value that asks for nothing:
+# any other value is refused rather than silently ignored.
+_UNSUPPORTED_VLLM_FIELDS: dict[str, object] = {
+    "stop_token_ids": [],
+    "min_tokens": 0,
+    "include_stop_str_in_output": False,
+    "skip_special_tokens": True,
+    "spaces_between_special_tokens": True,
+    "continue_final_message": False,
+    "add_generation_prompt": True,
+    "chat_template": None,
+    "chat_template_kwargs": {},
+    "prompt_logprobs": None,
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "bad_words": [],
+    "allowed_token_ids": None,
+    "truncate_prompt_tokens": None,
+    "logits_processors": None,
+    "vllm_xargs": None,
+    "kv_transfer_params": None,
+    "structural_tag": None,
+}
+_UNSUPPORTED_STRUCTURED_FIELDS: dict[str, object] = {
+    "disable_any_whitespace": True,  # STRUCTQ_JSON_COMPACT, deployment-wide
+    "disable_additional_properties": False,
+    "disable_fallback": False,
+    "structural_tag": None,
+}
+
+
 def _refuse_unsupported(req: _Request) -> None:
+    extra = req.model_extra or {}
+    for name, default in _UNSUPPORTED_VLLM_FIELDS.items():
+        value = extra.get(name, default)
+        if value is not None and value != default and not (default is None and value == {}):
+            raise InvalidRequest(f"`{name}` is not supported by this server", param=name)
+    logprobs = req.logprobs
     asked = {
-        "logprobs": req.logprobs not in (None, False),
-        "top_logprobs": req.top_logprobs is not None,
+        "logprobs": logprobs is not None and logprobs is not False,
+        "top_logprobs": bool(req.top_logprobs),
         "logit_bias": bool(req.logit_bias),
         "tools": bool(req.tools),
         "best_of": req.best_of not in (None, 1),
@@ -119,6 +157,8 @@ def _refuse_unsupported(req: _Request) -> None:
     }
     if isinstance(req, ChatRequest):
         asked["tool_choice"] = req.tool_choice not in (None, "none", "auto")
+    if isinstance(req, ChatRequest):
+        asked["echo"] = bool(extra.get("echo"))
     if isinstance(req, CompletionRequest):
         asked["echo"] = req.echo
         asked["suffix"] = req.suffix is not None
@@ -148,7 +188,7 @@ def _sampling(req: _Request, max_tokens: int | None, default_max_tokens: int) ->
             **given,
             max_tokens=max_tokens or default_max_tokens,
             stop=stop,
-            ignore_eos=req.ignore_eos,
+            ignore_eos=bool(req.ignore_eos),
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -179,6 +219,12 @@ _ANY_OBJECT = {"type": "object"}
 
 
 def _structured_outputs(so: dict[str, Any]) -> OutputType:
+    for name, default in _UNSUPPORTED_STRUCTURED_FIELDS.items():
+        if so.get(name) is not None and so.get(name) != default:
+            raise InvalidRequest(
+                f"structured_outputs.{name} is not supported by this server",
+                param=f"structured_outputs.{name}",
+            )
     if so.get("whitespace_pattern") is not None:
         raise InvalidRequest(
             "structured_outputs.whitespace_pattern is not supported per request (JSON "
@@ -187,12 +233,6 @@ def _structured_outputs(so: dict[str, Any]) -> OutputType:
         )
     kinds = [k for k in ("json", "regex", "choice", "grammar") if so.get(k) is not None]
     kinds += ["json_object"] if so.get("json_object") else []
-    unsupported = [k for k in ("structural_tag",) if so.get(k) is not None]
-    if unsupported:
-        raise InvalidRequest(
-            f"structured_outputs.{unsupported[0]} is not supported",
-            param=f"structured_outputs.{unsupported[0]}",
-        )
     if len(kinds) != 1:
         raise InvalidRequest(
             "structured_outputs needs exactly one of json, regex, choice, grammar, json_object"
@@ -291,7 +331,10 @@ def _messages(raw: list[dict[str, Any]]) -> list[Message]:
     messages = []
     for i, message in enumerate(raw):
         where = f"messages.{i}"
-        role = _ROLES.get(message.get("role", ""))
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"{where}: a message must be an object", where)
+        role = message.get("role")
+        role = _ROLES.get(role) if isinstance(role, str) else None
         if role is None:
             raise InvalidRequest(
                 f"{where}.role: {message.get('role')!r} is not supported (system, developer, "
@@ -308,14 +351,15 @@ def _messages(raw: list[dict[str, Any]]) -> list[Message]:
 def _fan_out(
     req: _Request, prompts: list[dict[str, Any]], sampling: Sampling, wait_s: float
 ) -> list[JobCreate]:
-    if len(prompts) * req.n > MAX_CHOICES:
+    n = req.n or 1
+    if len(prompts) * n > MAX_CHOICES:
         raise InvalidRequest(
-            f"{len(prompts)} prompts x n={req.n} is more than {MAX_CHOICES} choices", param="n"
+            f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} choices", param="n"
         )
     spec = output_type(req)
     jobs = []
     for prompt in prompts:
-        for i in range(req.n):
+        for i in range(n):
             # n samples of one prompt: with a seed, seed, seed+1, ... so they differ.
             seed = None if sampling.seed is None else sampling.seed + i
             jobs.append(
@@ -325,7 +369,7 @@ def _fan_out(
                     sampling=sampling.model_copy(update={"seed": seed}),
                     model=req.model,
                     timeout_s=wait_s,
-                    stream=req.stream,
+                    stream=bool(req.stream),
                 )
             )
     return jobs

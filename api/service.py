@@ -11,19 +11,24 @@ import contextlib
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+from api.auth import Caller
+from api.compile_check import CompileChecker
 from api.errors import invalid_field
 from api.settings import ApiSettings
+from api.spec_limits import SpecTooLarge, check_spec
+from api.tokens import PromptCounter
 from api.waiters import CompletionWaiters
 from shared import lifecycle
-from shared.errors import Conflict
+from shared.errors import Conflict, StructqError
 from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
 from shared.store import AsyncJobStore, is_terminal
 from shared.webhooks import UnsafeUrl, resolve_checked
 
-__all__ = ["Submitted", "cancel", "submit", "wait_all"]
+__all__ = ["Admission", "QueueFull", "Submitted", "TooManyQueued", "cancel", "submit", "wait_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +38,102 @@ class Submitted:
     created: bool  # False: an earlier request with the same Idempotency-Key made it
 
 
+class QueueFull(StructqError):
+    """The model's queue is deeper than STRUCTQ_MAX_QUEUE_DEPTH: come back later."""
+
+    code = "queue_full"
+    http_status = 503
+    retryable = True
+    headers = {"Retry-After": "10"}  # noqa: RUF012
+
+
+class TooManyQueued(StructqError):
+    """The key already has STRUCTQ_MAX_QUEUED_PER_KEY jobs waiting."""
+
+    code = "too_many_queued"
+    http_status = 429
+    retryable = True
+    headers = {"Retry-After": "5"}  # noqa: RUF012
+
+
+@dataclass
+class Admission:
+    """What the gateway checks a job's content with beyond its schema: each model's prompt
+    counter (when the gateway has its tokenizer) and the compile checker."""
+
+    counters: dict[str, PromptCounter] = field(default_factory=dict)
+    checker: CompileChecker | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings, redis: object = None) -> Admission:
+        folders = {
+            model: path
+            for model in settings.models
+            if (path := settings.tokenizer_path(model)) is not None
+        }
+        counters = {model: PromptCounter(path) for model, path in folders.items()}
+        checker = None
+        if settings.compile_check:
+            checker = CompileChecker(
+                folders,
+                settings.compile_timeout_s,
+                settings.compile_workers,
+                redis,  # type: ignore[arg-type]
+            )
+        return cls(counters, checker)
+
+    async def check(
+        self, body: JobCreate, model: str, settings: ApiSettings, fit_max_tokens: bool
+    ) -> JobCreate:
+        """``body`` as it may be queued (its max_tokens fitted to the context when asked),
+        or a 422 naming what is over which limit."""
+        try:
+            check_spec(body.output_type, settings)
+        except SpecTooLarge as exc:
+            raise invalid_field(("body", "output_type"), str(exc)) from None
+        counter = self.counters.get(model)
+        if counter is not None:
+            text_length = len(body.prompt or "") + sum(len(m.content) for m in body.messages or [])
+            if text_length > 20_000:  # a long prompt: tokenize it off the event loop
+                prompt_tokens = await asyncio.to_thread(counter.count, body)
+            else:
+                prompt_tokens = counter.count(body)
+            room = settings.max_model_len - prompt_tokens
+            max_tokens = body.sampling.max_tokens
+            if fit_max_tokens and 0 < room < max_tokens:
+                max_tokens = room
+                sampling = body.sampling.model_copy(update={"max_tokens": room})
+                body = body.model_copy(update={"sampling": sampling})
+            if prompt_tokens + max_tokens > settings.max_model_len:
+                where = "prompt" if body.prompt is not None else "messages"
+                raise invalid_field(
+                    ("body", where),
+                    f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: "
+                    f"{prompt_tokens + max_tokens} tokens, more than the model's context of "
+                    f"{settings.max_model_len} (STRUCTQ_MAX_MODEL_LEN)",
+                )
+        if self.checker is not None:
+            problem = await self.checker.check(model, body.output_type)
+            if problem is not None:
+                raise invalid_field(
+                    ("body", "output_type"), f"the output type is refused: {problem}"
+                )
+        return body
+
+
 async def submit(
     store: AsyncJobStore,
     settings: ApiSettings,
     body: JobCreate,
-    client: str,
+    caller: Caller,
     idempotency_key: str | None = None,
+    admission: Admission | None = None,
+    fit_max_tokens: bool = False,
 ) -> Submitted:
     """Check a job against this deployment, store it ``queued`` and enqueue it, atomically.
-    Every refusal is a 422 (or 409 for a deleted idempotent job) before anything is stored."""
+    Every refusal is a 4xx (or 503 for a full queue) before anything is stored.
+    ``fit_max_tokens``: lower max_tokens to what the model's context leaves after the prompt
+    (the OpenAI routes' default when a request gives none, as vLLM's server does)."""
     if body.sampling.max_tokens > settings.max_tokens_limit:
         raise invalid_field(
             ("body", "sampling", "max_tokens"),
@@ -53,6 +145,8 @@ async def submit(
         raise invalid_field(
             ("body", "model"), f"unknown model {model!r}; served: {', '.join(settings.models)}"
         )
+    if admission is not None:
+        body = await admission.check(body, model, settings, fit_max_tokens)
     if body.webhook is not None:
         try:
             await asyncio.to_thread(
@@ -72,6 +166,7 @@ async def submit(
         **{**fields, "model": model, "deadline": deadline},
         id=str(uuid.uuid4()),
         created_at=now,
+        client=caller.owner,
     )
     where, message = lifecycle.enqueue_message(job)
     idempotency = None
@@ -79,8 +174,19 @@ async def submit(
         if not idempotency_key:
             raise invalid_field(("header", "idempotency-key"), "must not be empty")
         body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        idempotency = (client, idempotency_key, body_hash, settings.idempotency_ttl_s)
-    created = await store.create(job, where, message, idempotency)
+        idempotency = (caller.name, idempotency_key, body_hash, settings.idempotency_ttl_s)
+    limits = (settings.max_queued_per_key if caller.owner else 0, settings.max_queue_depth)
+    created = await store.create(job, where, message, idempotency, limits)
+    if created.refused is not None:
+        limit, count = created.refused
+        if limit == "queue_depth":
+            raise QueueFull(
+                f"the queue of {model} holds {count} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
+            )
+        raise TooManyQueued(
+            f"key {caller.name!r} has {count} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
+            "once some have started"
+        )
     if created.record is not None:
         return Submitted(job.id, created.record, created=True)
     assert idempotency is not None and created.earlier_id is not None
@@ -90,7 +196,7 @@ async def submit(
             f"Idempotency-Key {idempotency_key!r} was used with a different request body "
             f"(job {created.earlier_id}); use a new key for a new job",
         )
-    _, raw = await store.get_raw(created.earlier_id)
+    _, raw = await store.get_raw(created.earlier_id, caller.scope)
     if raw is None:
         raise Conflict(
             f"Idempotency-Key {idempotency_key!r} created job {created.earlier_id}, which has "
@@ -114,11 +220,20 @@ async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
     return status
 
 
+# Longest a waiting request relies on completion notices alone before reading the jobs again
+# (a notice can be missed while the gateway re-subscribes after losing Redis).
+_REREAD_S = 5.0
+
+
 async def wait_all(
-    store: AsyncJobStore, waiters: CompletionWaiters, job_ids: list[str], timeout_s: float
+    store: AsyncJobStore,
+    waiters: CompletionWaiters,
+    job_ids: list[str],
+    timeout_s: float,
+    stop_early: Callable[[list[JobPublic | None]], bool] | None = None,
 ) -> list[JobPublic | None]:
-    """The jobs once every one is terminal, or as they are after ``timeout_s``. None: a job
-    that no longer exists."""
+    """The jobs once every one is terminal (or ``stop_early`` says so), or as they are after
+    ``timeout_s``. None: a job that no longer exists."""
     deadline = time.monotonic() + timeout_s
     async with contextlib.AsyncExitStack() as stack:
         # Watch before reading: a job that finishes between the read and the wait still wakes us.
@@ -134,11 +249,13 @@ async def wait_all(
                 if job is not None and not is_terminal(job.status.value)
             ]
             remaining = deadline - time.monotonic()
-            if not pending or remaining <= 0:
+            if not pending or remaining <= 0 or (stop_early is not None and stop_early(jobs)):
                 return jobs
             waits = [asyncio.create_task(event.wait()) for event in pending]
             try:
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waits, timeout=min(remaining, _REREAD_S), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in waits:
                     task.cancel()

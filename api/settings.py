@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.settings import CommonSettings
+from shared.settings import DEFAULT_MODEL, CommonSettings
 
-__all__ = ["ApiSettings"]
+__all__ = ["ApiKey", "ApiSettings"]
+
+
+_KEY_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ApiKey(BaseModel):
+    """One API key as configured: its name, the SHA-256 of the key (never the key itself),
+    and whether it is an admin key (sees every job, may use the admin endpoints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_KEY_NAME)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    admin: bool = False
 
 
 class ApiSettings(CommonSettings):
@@ -46,11 +61,12 @@ class ApiSettings(CommonSettings):
     )
 
     openai_wait_s: float = Field(
-        600.0,
+        540.0,
         gt=0,
         description="How long `/v1/chat/completions` and `/v1/completions` wait for their jobs. "
         "The jobs carry it as their `timeout_s`: not done by then, they expire or are aborted, "
-        "and the request gets a 504 timeout error.",
+        "and the request gets a 504 timeout error. Keep it below the clients' own timeout (the "
+        "openai SDK's is 600 s), or they give up and retry first.",
     )
     stream_max_connections: int = Field(
         256,
@@ -58,6 +74,83 @@ class ApiSettings(CommonSettings):
         description="Redis connections per gateway process for relaying streamed output (one "
         "per streaming request while it reads).",
     )
+
+    # -- security ------------------------------------------------------------------------
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='API keys (JSON list of {"name", "sha256", "admin"}; make one with '
+        "`python -m api.keys create NAME`). Required unless STRUCTQ_INSECURE_NO_AUTH.",
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="Development only: run without API keys, every caller an admin. The "
+        "gateway refuses to start without keys unless this is on.",
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0, description="Requests per second per API key (0: no limit)."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a key may send at once above its rate."
+    )
+    max_queued_per_key: int = Field(
+        2000, ge=0, description="Queued jobs one API key may have at once (0: no limit)."
+    )
+    max_queue_depth: int = Field(
+        20_000,
+        ge=0,
+        description="Messages a model's queue may hold; past it new jobs get 503 with "
+        "Retry-After (0: no limit).",
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
+    max_schema_bytes: int = Field(32_768, ge=64, description="Largest JSON Schema, as JSON.")
+    max_schema_depth: int = Field(
+        12, ge=1, description="Deepest nesting of a JSON Schema's subschemas."
+    )
+    max_schema_properties: int = Field(
+        256, ge=1, description="Most properties in a JSON Schema (all objects together)."
+    )
+    max_enum_values: int = Field(
+        256, ge=1, description="Most members of one enum, and most choices of a choice type."
+    )
+    max_regex_length: int = Field(1024, ge=1, description="Longest regex pattern.")
+    max_grammar_bytes: int = Field(16_384, ge=16, description="Largest grammar.")
+    max_choice_length: int = Field(256, ge=1, description="Longest single choice.")
+    compile_check: bool = Field(
+        True,
+        description="Compile each new regex, JSON Schema and grammar against the model's "
+        "vocabulary before enqueueing it (in a process the gateway kills past "
+        "STRUCTQ_COMPILE_TIMEOUT_S).",
+    )
+    compile_timeout_s: float = Field(
+        5.0, gt=0, description="Longest a spec's compile check may take before it is refused."
+    )
+    compile_workers: int = Field(1, ge=1, description="Compile-check processes per gateway.")
+    tokenizers: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Model name -> folder with its tokenizer.json (JSON object), for counting "
+        "prompt tokens and compile checks. Default for STRUCTQ_MODEL: the bundled model's "
+        "folder in STRUCTQ_CACHE_DIR, when present.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_or_explicitly_insecure(self) -> Self:
+        if not self.api_keys and not self.insecure_no_auth:
+            raise ValueError(
+                "no API keys configured (STRUCTQ_API_KEYS); make one with `python -m api.keys "
+                "create NAME`, or set STRUCTQ_INSECURE_NO_AUTH=true to run without "
+                "authentication (development only)"
+            )
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("STRUCTQ_API_KEYS: key names must be unique")
+        return self
+
+    def tokenizer_path(self, model: str) -> Path | None:
+        """The folder holding ``model``'s tokenizer.json, if this gateway has one."""
+        path = self.tokenizers.get(model)
+        if path is None and model == DEFAULT_MODEL:
+            path = self.cache_dir / "models" / DEFAULT_MODEL
+        return path if path is not None and (path / "tokenizer.json").is_file() else None
 
     @model_validator(mode="after")
     def _idempotency_within_job_ttl(self) -> Self:

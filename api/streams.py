@@ -43,17 +43,19 @@ async def relay(
     job_ids: list[str],
     timeout_s: float,
     poll_s: float = 1.0,
-) -> AsyncIterator[Delta | Finished]:
-    """Each job's deltas as they are published, then its ``Finished``; in arrival order."""
+    keepalive_s: float | None = None,
+) -> AsyncIterator[Delta | Finished | None]:
+    """Each job's deltas as they are published, then its ``Finished``; in arrival order.
+    With ``keepalive_s``, a None after that long without anything else to yield."""
     keys = [stream_key(job_id) for job_id in job_ids]
     index = {key.encode(): i for i, key in enumerate(keys)}
     last = ["0-0"] * len(keys)
-    attempt: list[int | None] = [None] * len(keys)
+    run: list[bytes | None] = [None] * len(keys)  # the run whose deltas are relayed
     relayed = [""] * len(keys)
     ended = [False] * len(keys)
     done = [False] * len(keys)
     deadline = time.monotonic() + timeout_s
-    checked = time.monotonic()
+    checked = yielded = time.monotonic()
     while not all(done):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -66,19 +68,23 @@ async def relay(
                 i = index[key]
                 for entry_id, fields in entries:
                     last[i] = entry_id.decode()
-                    run = int(fields[b"a"])
-                    attempt[i] = run if attempt[i] is None else attempt[i]
-                    if run != attempt[i]:
-                        continue  # a later run of a re-queued job: its final record decides
+                    if run[i] != fields[b"a"] and not relayed[i]:
+                        run[i] = fields[b"a"]  # the first run heard of, or a re-run
+                    if run[i] != fields[b"a"]:
+                        continue  # another run of a re-queued job: its final record decides
                     if b"end" in fields:
                         ended[i] = True
                         break
                     text = fields[b"d"].decode()
                     relayed[i] += text
+                    yielded = time.monotonic()
                     yield Delta(i, text)
         else:
             await asyncio.sleep(min(poll_s / 10, remaining))
         now = time.monotonic()
+        if keepalive_s is not None and now - yielded >= keepalive_s:
+            yielded = now
+            yield None
         if not any(ended[i] and not done[i] for i in range(len(keys))) and now - checked < poll_s:
             continue
         checked = now

@@ -205,6 +205,9 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         return {
+            # A local stack for the demo, the tests and the benchmark: no API keys unless the
+            # caller's env gives some (a deployment without keys refuses to start).
+            "STRUCTQ_INSECURE_NO_AUTH": "true",
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "STRUCTQ_REDIS_URL": self.redis_url,
@@ -300,25 +303,32 @@ class Stack:
             time.sleep(0.1)
 
     def start_gateway(self) -> _Child:
+        self.gateway, self.api_url = self.start_extra_gateway()
+        return self.gateway
+
+    def start_extra_gateway(
+        self, env: Mapping[str, str] | None = None, name: str = "gateway"
+    ) -> tuple[_Child, str]:
+        """Another gateway process on this stack's Redis (stopped with the stack), with
+        ``env`` on top of the stack's; returns it and its URL once it is ready."""
         port = free_port()
-        env = {**self.env(), "STRUCTQ_PORT": str(port), "STRUCTQ_HOST": "127.0.0.1"}
-        self.gateway = _Child(
-            "gateway", [sys.executable, "-m", "api"], env, self.workdir / "gateway.log"
-        )
-        self._children.append(self.gateway)
-        self.api_url = f"http://127.0.0.1:{port}"
+        env = {**self.env(), **(env or {}), "STRUCTQ_PORT": str(port), "STRUCTQ_HOST": "127.0.0.1"}
+        log_path = self.workdir / f"{name}.log"
+        child = _Child("gateway", [sys.executable, "-m", "api"], env, log_path)
+        self._children.append(child)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{self.api_url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            if not self.gateway.alive() or time.monotonic() > deadline:
-                raise StackError(f"the gateway did not start:\n{self.gateway.tail()}")
+            if not child.alive() or time.monotonic() > deadline:
+                raise StackError(f"the gateway did not start:\n{child.tail()}")
             time.sleep(0.1)
-        _log(f"gateway on {self.api_url}")
-        return self.gateway
+        _log(f"{name} on {url}")
+        return child, url
 
     def stop(self, worker_grace_s: float = 60) -> dict[str, list[int]]:
         """Stop gateway, worker, then Redis; return any process still alive, by child."""

@@ -25,6 +25,7 @@ class StructqError(Exception):
     code = "internal_error"
     http_status = 500
     retryable = False
+    headers: dict[str, str] = {}  # noqa: RUF012 - read-only; instances may set their own
 
     def __init__(self, message: str, **extra: object) -> None:
         super().__init__(message)

@@ -174,6 +174,9 @@ class EngineStats(_Model):
     first_step: int = Field(description="Engine step that produced the job's first token.")
     last_step: int = Field(description="Engine step that produced the job's last token.")
     max_batch: int = Field(description="Most requests that advanced in one step with this one.")
+    engine_s: float | None = Field(
+        None, description="Seconds from handing the request to the engine to its last token."
+    )
 
 
 class JobResult(_Model):
@@ -202,6 +205,7 @@ class Job(JobCreate):
     attempts: int = Field(0, description="Runs started (a run a drain interrupted is given back).")
     retries: int = Field(0, description="Times `POST /v1/jobs/{id}/retry` queued it again.")
     worker: str | None = Field(None, description="The worker of the latest run.")
+    client: str | None = Field(None, description="The API key (its name) that submitted it.")
     result: JobResult | None = None
     error: JobError | None = None
     engine: EngineStats | None = None

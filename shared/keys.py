@@ -29,6 +29,7 @@ __all__ = [
     "WEBHOOK_TASK_NAME",
     "WEBHOOK_WORKER_PREFIX",
     "WORKER_PREFIX",
+    "client_index",
     "delivery_key",
     "hooks_key",
     "idempotency_key",
@@ -141,6 +142,12 @@ def kombu_priority_steps() -> list[int]:
 
 def status_index(status: str) -> str:
     return f"{STATUS_INDEX_PREFIX}{status}"
+
+
+def client_index(client: str, status: str | None = None) -> str:
+    """The jobs one client (API key name) submitted: all of them, or those in ``status``.
+    Kept by the same scripts that keep the global indexes."""
+    return f"{STATUS_INDEX_PREFIX}client:{client}:{status or 'all'}"
 
 
 def idempotency_key(client: str, key: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
 from typing import Self, TypeVar
 
 from pydantic import Field, ValidationError
@@ -33,6 +34,16 @@ class CommonSettings(BaseSettings):
     )
     job_ttl_s: int = Field(
         86_400, gt=0, description="How long a job record is kept after its last change."
+    )
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="Context length the engine serves; the gateway refuses a prompt that, "
+        "with its max_tokens, does not fit.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "structq",
+        description="Where the bundled model is converted to (its tokenizer is read from there).",
     )
     max_tokens_limit: int = Field(
         4096, gt=0, description="Largest `sampling.max_tokens` a job may ask for."

@@ -41,6 +41,7 @@ from shared.keys import (
     hooks_key,
     idempotency_key,
     job_key,
+    queue_lists,
 )
 
 __all__ = [
@@ -77,6 +78,12 @@ if status ~= 'running' then redis.call('HDEL', KEYS[1], 'cancel') end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', ARGV[11] .. current, id)
 redis.call('ZADD', ARGV[11] .. status, ARGV[4], id)
+local client = redis.call('HGET', KEYS[1], 'client')
+if client then
+  local own = ARGV[11] .. 'client:' .. client .. ':'
+  redis.call('ZREM', own .. current, id)
+  redis.call('ZADD', own .. status, ARGV[4], id)
+end
 redis.call('ZREM', KEYS[3], id)
 if status == 'queued' and ARGV[8] ~= '' then redis.call('ZADD', KEYS[3], ARGV[8], id) end
 if ARGV[10] == '1' then
@@ -94,18 +101,36 @@ end
 return 1
 """
 
-# KEYS: 1 job hash, 2 all-jobs index, 3 deadlines, 4 queue list, 5 idempotency key ('' none).
-# ARGV: 1 record, 2 TTL s, 3 now (ms), 4 deadline ('' none), 5 task message, 6 status index
-# prefix, 7 job id, 8 idempotency value ("<body hash> <job id>"), 9 idempotency TTL s.
-# Returns false when created, else the idempotency key's value (an earlier job).
+# KEYS: 1 job hash, 2 all-jobs index, 3 deadlines, 4 queue list, 5 idempotency key ('' none),
+# then the model's queue lists (for its depth). ARGV: 1 record, 2 TTL s, 3 now (ms),
+# 4 deadline ('' none), 5 task message, 6 status index prefix, 7 job id, 8 idempotency value
+# ("<body hash> <job id>"), 9 idempotency TTL s, 10 client ('' none), 11 most queued jobs of
+# one client (0: no limit), 12 deepest queue of the model (0: no limit).
+# Returns false when created, the idempotency key's value (an earlier job), or
+# {limit name, current count} when a limit refuses the job (nothing written then).
 _CREATE = """#!lua
 if KEYS[5] ~= '' then
   local earlier = redis.call('GET', KEYS[5])
   if earlier then return earlier end
-  redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[9])
 end
-local id = ARGV[7]
+local id, client = ARGV[7], ARGV[10]
+if ARGV[12] ~= '0' then
+  local depth = 0
+  for i = 6, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
+  if depth >= tonumber(ARGV[12]) then return {'queue_depth', depth} end
+end
+local own = ARGV[6] .. 'client:' .. client .. ':'
+if client ~= '' and ARGV[11] ~= '0' then
+  local queued = redis.call('ZCARD', own .. 'queued')
+  if queued >= tonumber(ARGV[11]) then return {'queued_per_client', queued} end
+end
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[9]) end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'job', ARGV[1], 'run', '0')
+if client ~= '' then
+  redis.call('HSET', KEYS[1], 'client', client)
+  redis.call('ZADD', own .. 'all', ARGV[3], id)
+  redis.call('ZADD', own .. 'queued', ARGV[3], id)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], id)
 redis.call('ZADD', ARGV[6] .. 'queued', ARGV[3], id)
@@ -131,6 +156,12 @@ _DELETE = """#!lua
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 if current == 'queued' or current == 'running' then return current end
+local client = redis.call('HGET', KEYS[1], 'client')
+if client then
+  local own = ARGV[2] .. 'client:' .. client .. ':'
+  redis.call('ZREM', own .. 'all', ARGV[1])
+  redis.call('ZREM', own .. current, ARGV[1])
+end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', ARGV[2] .. current, ARGV[1])
@@ -158,6 +189,11 @@ for _, list in ipairs(KEYS) do
 end
 return removed
 """
+
+
+def _visible(owner: bytes | None, client: str | None) -> bool:
+    """Whether ``client`` may see a job ``owner`` submitted (None: any client may)."""
+    return client is None or (owner is not None and owner.decode() == client)
 
 
 def dump_job(job: Job) -> str:
@@ -268,6 +304,7 @@ class Created:
     record: bytes | None  # the public record JSON, when created
     earlier_id: str | None = None  # the job an Idempotency-Key already names
     earlier_hash: str | None = None  # the body hash that key was used with
+    refused: tuple[str, int] | None = None  # (limit, current count): a limit refused the job
 
 
 class JobStore:
@@ -336,11 +373,14 @@ class AsyncJobStore:
         queue_list: str,
         message: str,
         idempotency: tuple[str, str, str, int] | None = None,
+        limits: tuple[int, int] = (0, 0),
     ) -> Created:
         """Store a queued job and push its task message, all or nothing.
 
         ``idempotency`` is (client, key, body hash, TTL s): when that key already names a job,
         nothing is written and the earlier job's id and body hash come back instead.
+        ``limits`` is (most queued jobs of the job's client, deepest queue of its model; 0:
+        none): past one, nothing is written and ``refused`` says which.
         """
         record = dump_job(job)
         deadline = job.deadline_ts()
@@ -349,7 +389,14 @@ class AsyncJobStore:
             client, key, body_hash, idem_ttl = idempotency
             idem_key, idem_value = idempotency_key(client, key), f"{body_hash} {job.id}"
         earlier = await self._create(
-            keys=[job_key(job.id), ALL_INDEX, DEADLINES, queue_list, idem_key],
+            keys=[
+                job_key(job.id),
+                ALL_INDEX,
+                DEADLINES,
+                queue_list,
+                idem_key,
+                *queue_lists(job.model),
+            ],
             args=[
                 record,
                 self._ttl_s,
@@ -360,24 +407,37 @@ class AsyncJobStore:
                 job.id,
                 idem_value,
                 idem_ttl,
+                job.client or "",
+                limits[0],
+                limits[1],
             ],
         )
+        if isinstance(earlier, list):
+            return Created(None, refused=(_decode(earlier[0]) or "", int(earlier[1])))
         if earlier:
             body_hash, _, job_id = _decode(earlier).partition(" ")
             return Created(None, earlier_id=job_id, earlier_hash=body_hash)
         return Created(public_record(record.encode(), []))
 
-    async def get_raw(self, job_id: str) -> tuple[bytes | None, bytes | None]:
-        """The stored status and the public record JSON (``JobPublic``); Nones when unknown."""
+    async def get_raw(
+        self, job_id: str, client: str | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """The stored status and the public record JSON (``JobPublic``); Nones when unknown,
+        or, with ``client``, when another client submitted it."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(job_key(job_id), ["status", "job"])
+            pipe.hmget(job_key(job_id), ["status", "job", "client"])
             pipe.lrange(hooks_key(job_id), 0, -1)
-            (status, raw), hooks = await pipe.execute()
-        return status, None if raw is None else public_record(raw, hooks)
+            (status, raw, owner), hooks = await pipe.execute()
+        if raw is None or not _visible(owner, client):
+            return None, None
+        return status, public_record(raw, hooks)
 
-    async def get(self, job_id: str) -> Job | None:
-        raw = await self._redis.hget(job_key(job_id), "job")
-        return None if raw is None else Job.model_validate_json(raw)
+    async def get(self, job_id: str, client: str | None = None) -> Job | None:
+        """The job (None: unknown, or with ``client``, another client's)."""
+        raw, owner = await self._redis.hmget(job_key(job_id), ["job", "client"])
+        if raw is None or not _visible(owner, client):
+            return None
+        return Job.model_validate_json(raw)
 
     async def get_many_raw(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """Public record JSON of each job (None where unknown)."""

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Generation:
     first_step: int
     last_step: int
     max_batch: int
+    engine_s: float = 0.0  # from submit() to the last token: the engine's share of the job
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class _Request:
     params: SamplingParams
     future: Future[Generation]
     on_delta: Callable[[str], None] | None = None
+    submitted: float = field(default_factory=time.perf_counter)
     parts: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     prompt_tokens: int = 0
@@ -82,6 +85,7 @@ class _Request:
             first_step=self.first_step,
             last_step=self.last_step,
             max_batch=self.max_batch,
+            engine_s=time.perf_counter() - self.submitted,
         )
 
 

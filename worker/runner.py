@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -122,26 +123,28 @@ class JobRunner:
             self._active[job_id] = active
         try:
             claim = lifecycle.claim(job, self._worker_id)
+            run_tag = uuid.uuid4().hex[:12]  # tells this run's stream entries from another's
             if not self._store.apply(claim):
                 log.info("job %s changed before it could start; skipping", job_id)
                 return
             if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
                 log.critical("job %s asks for this worker's death (fault injection)", job_id)
                 os.kill(os.getpid(), signal.SIGKILL)
-            self._store.apply(self._run(claim.job, active))
-            if claim.job.stream and self._streams is not None:
-                self._streams.end(job_id, claim.job.attempts)
+            change = self._run(claim.job, active, run_tag)
+            self._store.apply(change)
+            if claim.job.stream and self._streams is not None and change.job.status.terminal:
+                self._streams.end(job_id, run_tag)  # a re-queued job's next run goes on
         finally:
             with self._lock:
                 self._active.pop(job_id, None)
 
-    def _run(self, job: Job, active: _Active) -> Change:
+    def _run(self, job: Job, active: _Active, run_tag: str) -> Change:
         try:
             prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
             request_id = f"{job.id}-{job.attempts}"
             on_delta = None
             if job.stream and self._streams is not None:
-                on_delta = functools.partial(self._streams.delta, job.id, job.attempts)
+                on_delta = functools.partial(self._streams.delta, job.id, run_tag)
             future = self._engine.submit(request_id, prompt, sampling_params(job), on_delta)
             with self._lock:
                 active.request_id = request_id
@@ -214,6 +217,7 @@ class JobRunner:
             first_step=generation.first_step,
             last_step=generation.last_step,
             max_batch=generation.max_batch,
+            engine_s=round(generation.engine_s, 6),
         )
 
 

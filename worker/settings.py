@@ -21,9 +21,6 @@ class WorkerSettings(CommonSettings):
         description="Local Hugging Face model folder to serve. Default: the bundled "
         "SmolLM2-135M-Instruct, prepared once into STRUCTQ_CACHE_DIR.",
     )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "structq", description="Where prepared models are kept."
-    )
     worker_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="This worker's name in job records and announcements.",
@@ -43,7 +40,6 @@ class WorkerSettings(CommonSettings):
         "SIGKILLs the worker that claims it (a job that crashes its worker every time).",
     )
     # Engine options, passed to vLLM's EngineArgs.
-    max_model_len: int = Field(2048, ge=16, description="Context length the engine serves.")
     dtype: str = Field(
         "auto",
         description="Model dtype (vLLM's --dtype). `auto` is vLLM's choice, except on a CPU "

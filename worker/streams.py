@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 import redis
 
@@ -28,7 +29,7 @@ _MAXLEN = 20_000
 class DeltaPublisher:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._queue: queue.SimpleQueue[tuple[str, int, str | None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, str, str | None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._publish, name="structq-streams", daemon=True)
 
     def start(self) -> None:
@@ -38,14 +39,14 @@ class DeltaPublisher:
         self._queue.put(None)
         self._thread.join(timeout=5)
 
-    def delta(self, job_id: str, attempt: int, text: str) -> None:
-        """Called on the engine thread: never blocks."""
+    def delta(self, job_id: str, run: str, text: str) -> None:
+        """Called on the engine thread: never blocks. ``run`` tags one run of the job."""
         if text:
-            self._queue.put((job_id, attempt, text))
+            self._queue.put((job_id, run, text))
 
-    def end(self, job_id: str, attempt: int) -> None:
-        """The job's terminal status is written: nothing more comes for this attempt."""
-        self._queue.put((job_id, attempt, None))
+    def end(self, job_id: str, run: str) -> None:
+        """The job's terminal status is written: nothing more comes."""
+        self._queue.put((job_id, run, None))
 
     def _publish(self) -> None:
         while True:
@@ -64,16 +65,19 @@ class DeltaPublisher:
                 batch.append(item)
             self._write(batch)
 
-    def _write(self, batch: list[tuple[str, int, str | None]]) -> None:
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for job_id, attempt, text in batch:
-                    fields = (
-                        {"a": attempt, "d": text} if text is not None else {"a": attempt, "end": 1}
-                    )
-                    pipe.xadd(stream_key(job_id), fields, maxlen=_MAXLEN, approximate=True)
-                for job_id in {job_id for job_id, _, _ in batch}:
-                    pipe.expire(stream_key(job_id), STREAM_TTL_S)
-                pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("%d stream entries not written: %s", len(batch), exc)
+    def _write(self, batch: list[tuple[str, str, str | None]]) -> None:
+        for attempt in range(2):
+            try:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for job_id, run, text in batch:
+                        fields = {"a": run, "d": text} if text is not None else {"a": run, "end": 1}
+                        pipe.xadd(stream_key(job_id), fields, maxlen=_MAXLEN, approximate=True)
+                    for job_id in {job_id for job_id, _, _ in batch}:
+                        pipe.expire(stream_key(job_id), STREAM_TTL_S)
+                    pipe.execute()
+                return
+            except redis.RedisError as exc:
+                if attempt:
+                    log.warning("%d stream entries not written: %s", len(batch), exc)
+                else:
+                    time.sleep(0.2)

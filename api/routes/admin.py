@@ -1,15 +1,16 @@
 """``/v1/admin``: the operator's view of the queue: dead letters and purging queued jobs.
 
-Open to every client until API keys exist; then to admin keys only.
+Admin keys only (ordinary keys get 403); everyone when STRUCTQ_INSECURE_NO_AUTH is on.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
+from api.auth import require_admin
 from api.deps import SettingsDep, StoreDep
 from api.errors import invalid_field
 from api.routes.jobs import page_response
@@ -19,7 +20,7 @@ from shared.keys import DEAD_LETTER, queue_lists, status_index
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 _BATCH = 500
 

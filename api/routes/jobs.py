@@ -10,23 +10,24 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api import service
-from api.deps import ClientDep, SettingsDep, StoreDep, WaitersDep
+from api.auth import CallerDep, authenticate
+from api.deps import AdmissionDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
 from shared import lifecycle
 from shared.errors import Conflict, JobNotFound
 from shared.jobs import JobCreate, JobPublic, JobStatus, utcnow
-from shared.keys import ALL_INDEX, status_index
+from shared.keys import ALL_INDEX, client_index, status_index
 from shared.store import AsyncJobStore, is_terminal
 
 __all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authenticate)])
 
 _JSON = "application/json"
 # Longest long-poll a client may ask for (`GET /v1/jobs/{id}?wait=`).
@@ -48,7 +49,8 @@ async def create_job(
     body: JobCreate,
     store: StoreDep,
     settings: SettingsDep,
-    client: ClientDep,
+    caller: CallerDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -59,7 +61,9 @@ async def create_job(
     ] = None,
 ) -> Response:
     """Validate a job, store it as ``queued`` and enqueue it for its model's worker pool."""
-    submitted = await service.submit(store, settings, body, client, idempotency_key)
+    submitted = await service.submit(
+        store, settings, body, caller, idempotency_key, admission=admission
+    )
     return _created(submitted.job_id, submitted.record, 202 if submitted.created else 200)
 
 
@@ -75,6 +79,7 @@ def _created(job_id: str, record: str | bytes, status_code: int) -> Response:
 @router.get("", responses={422: {"description": "Bad status or cursor."}})
 async def list_jobs(
     store: StoreDep,
+    caller: CallerDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
@@ -82,7 +87,10 @@ async def list_jobs(
     """Jobs, newest first (by creation; with `status`, by when they entered it), a page at a
     time: ``{"data": [...], "next_cursor": ...}``; `next_cursor` is null on the last page.
     ``status=failed`` includes the dead letters (see ``GET /v1/admin/dead-letters``)."""
-    index = ALL_INDEX if status is None else status_index(status.value)
+    if caller.scope is None:
+        index = ALL_INDEX if status is None else status_index(status.value)
+    else:  # an ordinary key lists its own jobs only
+        index = client_index(caller.scope, None if status is None else status.value)
     return await page_response(store, index, limit, cursor)
 
 
@@ -132,6 +140,7 @@ async def get_job(
     job_id: str,
     store: StoreDep,
     waiters: WaitersDep,
+    caller: CallerDep,
     wait: Annotated[
         float,
         Query(
@@ -144,20 +153,27 @@ async def get_job(
 ) -> Response:
     """The job as stored: its status, timestamps, and its result or error once finished."""
     if wait <= 0:
-        return _job_response(job_id, (await store.get_raw(job_id))[1])
-    return _job_response(job_id, await wait_for_terminal(store, waiters, job_id, wait))
+        return _job_response(job_id, (await store.get_raw(job_id, caller.scope))[1])
+    return _job_response(
+        job_id, await wait_for_terminal(store, waiters, job_id, wait, caller.scope)
+    )
 
 
 async def wait_for_terminal(
-    store: AsyncJobStore, waiters: CompletionWaiters, job_id: str, timeout_s: float
+    store: AsyncJobStore,
+    waiters: CompletionWaiters,
+    job_id: str,
+    timeout_s: float,
+    scope: str | None = None,
 ) -> bytes | None:
-    """The job's record once it is terminal, or as it is after ``timeout_s``."""
+    """The job's record once it is terminal, or as it is after ``timeout_s`` (None: unknown,
+    or not ``scope``'s job)."""
     async with waiters.watch(job_id) as finished:
-        status, raw = await store.get_raw(job_id)
+        status, raw = await store.get_raw(job_id, scope)
         if raw is not None and not is_terminal(status):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=timeout_s)
-            status, raw = await store.get_raw(job_id)
+            status, raw = await store.get_raw(job_id, scope)
     return raw
 
 
@@ -168,18 +184,23 @@ async def wait_for_terminal(
         404: {"description": "No such job."},
     },
 )
-async def stream_job(job_id: str, request: Request, store: StoreDep) -> StreamingResponse:
+async def stream_job(
+    job_id: str, request: Request, store: StoreDep, caller: CallerDep
+) -> StreamingResponse:
     """The job's output as server-sent events: ``event: delta`` with ``{"text": ...}`` as it is
     generated (for a job submitted with ``"stream": true``; any other job's text comes in one
     delta at its end), then ``event: done`` with the job's record. The stream ends there, or
     after MAX_WAIT_S with ``event: timeout`` (connect again to go on: the deltas so far are
     sent again first)."""
-    _, raw = await store.get_raw(job_id)
-    _job_response(job_id, raw)  # 404 when unknown
+    _, raw = await store.get_raw(job_id, caller.scope)
+    _job_response(job_id, raw)  # 404 when unknown, or another key's
 
     async def events() -> AsyncIterator[str]:
         streams = request.app.state.stream_redis
-        async for event in relay(streams, store, [job_id], MAX_WAIT_S):
+        async for event in relay(streams, store, [job_id], MAX_WAIT_S, keepalive_s=15):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
             if isinstance(event, Delta):
                 yield f"event: delta\ndata: {json.dumps({'text': event.text})}\n\n"
                 continue
@@ -205,12 +226,12 @@ async def stream_job(job_id: str, request: Request, store: StoreDep) -> Streamin
     },
 )
 async def cancel_job(
-    job_id: str, store: StoreDep, waiters: WaitersDep, settings: SettingsDep
+    job_id: str, store: StoreDep, waiters: WaitersDep, settings: SettingsDep, caller: CallerDep
 ) -> Response:
     """Cancel a job. Queued: ``cancelled`` at once, never runs. Running: its request is
     aborted in the engine and it ends ``cancelled`` with its partial text (answered once it
     has, or 202 after STRUCTQ_CANCEL_WAIT_S). Already cancelled: the same answer again."""
-    job = await store.get(job_id)
+    job = await store.get(job_id, caller.scope)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     status = await service.cancel(store, job, "cancelled by the client")
@@ -236,10 +257,10 @@ async def cancel_job(
         409: {"description": "Only failed, cancelled or expired jobs can be retried."},
     },
 )
-async def retry_job(job_id: str, store: StoreDep) -> Response:
+async def retry_job(job_id: str, store: StoreDep, caller: CallerDep) -> Response:
     """Queue a failed, cancelled or expired job again (same id; `attempts` starts over,
     `retries` counts this). Also how a dead letter is re-queued."""
-    job = await store.get(job_id)
+    job = await store.get(job_id, caller.scope)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     if not job.status.retryable:
@@ -269,8 +290,10 @@ async def retry_job(job_id: str, store: StoreDep) -> Response:
         409: {"description": "The job is queued or running: cancel it first."},
     },
 )
-async def delete_job(job_id: str, store: StoreDep) -> Response:
+async def delete_job(job_id: str, store: StoreDep, caller: CallerDep) -> Response:
     """Delete a finished job's record (and its index entries)."""
+    if caller.scope is not None and (await store.get_raw(job_id, caller.scope))[1] is None:
+        raise JobNotFound(f"no job {job_id!r}")
     current = await store.delete(job_id)
     if current is None:
         return Response(status_code=204)

@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+import redis.exceptions
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import service
-from api.deps import ClientDep, SettingsDep, StoreDep, WaitersDep
+from api.auth import Caller, CallerDep, authenticate
+from api.deps import SettingsDep, StoreDep, WaitersDep
 from api.errors import openai_error, openai_error_response
 from api.openai_compat import (
     ChatRequest,
@@ -47,12 +50,16 @@ from shared.store import AsyncJobStore
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(authenticate)])
 
 # How much longer than the jobs' own timeout the gateway waits for their final status.
 _GRACE_S = 5.0
 # How often a waiting request checks whether its client is still there.
 _DISCONNECT_CHECK_S = 1.0
+# A stream with nothing to send for this long sends an SSE comment (proxies, idle timeouts).
+_KEEPALIVE_S = 15.0
 
 
 class ModelNotFound(StructqError):
@@ -104,10 +111,11 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     return card
 
 
-def _known(model: str, settings: ApiSettings) -> None:
-    if model not in settings.models:
+def _resolve_model(body: ChatRequest | CompletionRequest, settings: ApiSettings) -> None:
+    body.model = body.model or settings.model
+    if body.model not in settings.models:
         raise ModelNotFound(
-            f"The model `{model}` does not exist; served: {', '.join(settings.models)}",
+            f"The model `{body.model}` does not exist; served: {', '.join(settings.models)}",
             param="model",
         )
 
@@ -119,12 +127,12 @@ async def chat_completions(
     store: StoreDep,
     settings: SettingsDep,
     waiters: WaitersDep,
-    client: ClientDep,
-) -> JSONResponse | StreamingResponse:
+    caller: CallerDep,
+) -> Response:
     """OpenAI's chat completions, with vLLM's extra sampling and structured-output fields."""
-    _known(body.model, settings)
+    _resolve_model(body, settings)
     jobs = chat_jobs(body, settings.max_tokens_limit, settings.openai_wait_s)
-    return await _answer("chat", body, jobs, request, store, settings, waiters, client)
+    return await _answer("chat", body, jobs, request, store, settings, waiters, caller)
 
 
 @router.post("/completions", response_model=None)
@@ -134,12 +142,20 @@ async def completions(
     store: StoreDep,
     settings: SettingsDep,
     waiters: WaitersDep,
-    client: ClientDep,
-) -> JSONResponse | StreamingResponse:
+    caller: CallerDep,
+) -> Response:
     """OpenAI's (legacy) completions: a prompt or a list of prompts."""
-    _known(body.model, settings)
+    _resolve_model(body, settings)
     jobs = completion_jobs(body, settings.max_tokens_limit, settings.openai_wait_s)
-    return await _answer("completion", body, jobs, request, store, settings, waiters, client)
+    return await _answer("completion", body, jobs, request, store, settings, waiters, caller)
+
+
+class JobsInFlight(StructqError):
+    """Redis failed after the request's jobs were queued: they are cancelled (as far as Redis
+    lets us), and a retry would queue new ones, so the client is told not to retry blindly."""
+
+    code = "service_unavailable"
+    http_status = 503
 
 
 async def _answer(
@@ -150,32 +166,59 @@ async def _answer(
     store: AsyncJobStore,
     settings: ApiSettings,
     waiters: CompletionWaiters,
-    client: str,
-) -> JSONResponse | StreamingResponse:
+    caller: Caller,
+) -> Response:
+    # No max_tokens given: what the context leaves after the prompt (as vLLM's server does).
+    fit_max_tokens = body.max_tokens is None and (
+        not isinstance(body, ChatRequest) or body.max_completion_tokens is None
+    )
     ids: list[str] = []
     try:
         for job in jobs:
-            ids.append((await service.submit(store, settings, job, client)).job_id)
+            submitted = await service.submit(
+                store,
+                settings,
+                job,
+                caller,
+                admission=request.app.state.admission,
+                fit_max_tokens=fit_max_tokens,
+            )
+            ids.append(submitted.job_id)
     except BaseException:
-        await _cancel(store, ids)  # all of the request's jobs or none
+        await _cancel_quietly(store, ids)  # all of the request's jobs or none
         raise
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + ids[0].replace("-", "")
     headers = {"X-Structq-Job-Ids": ",".join(ids)}
     wait_s = settings.openai_wait_s + _GRACE_S
+    model = body.model or settings.model
     if body.stream:
-        events = _sse(kind, body, rid, ids, request.app.state.stream_redis, store, wait_s)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-    finished = await _wait_unless_gone(request, store, waiters, ids, wait_s)
-    if finished is None:  # nobody to answer: stop the work, as vLLM aborts a dropped request
-        await _cancel(store, ids)
-        return JSONResponse({}, status_code=499)
+        events = _sse(kind, body, model, rid, ids, request.app.state.stream_redis, store, wait_s)
+        return _JobStream(events, store, ids, headers=headers)
+    try:
+        finished = await _wait_unless_gone(request, store, waiters, ids, wait_s)
+        if finished is None:  # nobody to answer: stop the work, as vLLM aborts a dropped request
+            await _cancel(store, ids)
+            return Response(status_code=499)
+    except redis.exceptions.RedisError as exc:
+        await _cancel_quietly(store, ids)
+        raise JobsInFlight(
+            f"the job store failed while the request's jobs ran ({exc}); they were cancelled "
+            f"where possible: {', '.join(ids)}"
+        ) from None
     outcomes = [outcome(job, job_id) for job, job_id in zip(finished, ids, strict=True)]
-    await _cancel(store, [job_id for job_id, o in zip(ids, outcomes, strict=True) if o.error])
-    for o in outcomes:
-        if o.error is not None:
-            return openai_error_response(o.error, headers)
+    if any(o.error is not None for o in outcomes):
+        await _cancel_quietly(store, ids)  # the request has failed: its other choices stop
+        error = next(o.error for o in outcomes if o.error is not None)
+        return openai_error_response(error, headers)
     build = chat_response if kind == "chat" else completion_response
-    return JSONResponse(build(rid, body.model, outcomes, body.n), headers=headers)
+    return JSONResponse(build(rid, model, outcomes, body.n or 1), headers=headers)
+
+
+def _any_failed(jobs: list[JobPublic | None]) -> bool:
+    return any(
+        job is None or (job.status.terminal and outcome(job, job.id).error is not None)
+        for job in jobs
+    )
 
 
 async def _wait_unless_gone(
@@ -185,8 +228,11 @@ async def _wait_unless_gone(
     ids: list[str],
     wait_s: float,
 ) -> list[JobPublic | None] | None:
-    """The jobs once finished (or at the timeout); None if the client disconnected first."""
-    waiting = asyncio.create_task(service.wait_all(store, waiters, ids, wait_s))
+    """The jobs once finished, one has failed, or at the timeout; None if the client
+    disconnected first."""
+    waiting = asyncio.create_task(
+        service.wait_all(store, waiters, ids, wait_s, stop_early=_any_failed)
+    )
     try:
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=_DISCONNECT_CHECK_S)
@@ -202,9 +248,43 @@ async def _wait_unless_gone(
 
 
 async def _cancel(store: AsyncJobStore, job_ids: list[str]) -> None:
+    """Cancel whichever of the jobs has not finished."""
     for job in await store.get_many(job_ids):
         if job is not None and not job.status.terminal:
             await service.cancel(store, job, "the OpenAI-compatible request ended first")
+
+
+async def _cancel_quietly(store: AsyncJobStore, job_ids: list[str]) -> None:
+    """``_cancel``, shielded from the request's cancellation; a Redis failure is only logged
+    (the jobs then end at their own deadline, STRUCTQ_OPENAI_WAIT_S)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await _cancel(store, job_ids)
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not cancel jobs %s: %s", job_ids, exc)
+
+
+class _JobStream(StreamingResponse):
+    """Server-sent events whose jobs are cancelled however the response ends: finished,
+    failed, or the client gone (even before the first event, when Starlette cancels the
+    response without ever running the generator's own clean-up)."""
+
+    def __init__(
+        self, events: AsyncIterator[str], store: AsyncJobStore, ids: list[str], headers: dict
+    ) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+        self._store = store
+        self._ids = ids
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await self._events.aclose()  # type: ignore[attr-defined]
+                await _cancel_quietly(self._store, self._ids)
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -214,6 +294,7 @@ def _event(data: dict[str, Any]) -> str:
 async def _sse(
     kind: ChunkKind,
     body: ChatRequest | CompletionRequest,
+    model: str,
     rid: str,
     ids: list[str],
     streams: Any,
@@ -223,13 +304,16 @@ async def _sse(
     created = int(time.time())
     outcomes: list[Outcome | None] = [None] * len(ids)
     failed: StructqError | None = None
+    if kind == "chat":
+        for i in range(len(ids)):
+            yield _event(chunk(kind, rid, model, created, i, "", role=True))
     try:
-        if kind == "chat":
-            for i in range(len(ids)):
-                yield _event(chunk(kind, rid, body.model, created, i, "", role=True))
-        async for event in relay(streams, store, ids, wait_s):
+        async for event in relay(streams, store, ids, wait_s, keepalive_s=_KEEPALIVE_S):
+            if event is None:
+                yield ": keep-alive\n\n"  # a comment: clients skip it, proxies see traffic
+                continue
             if isinstance(event, Delta):
-                yield _event(chunk(kind, rid, body.model, created, event.index, event.text))
+                yield _event(chunk(kind, rid, model, created, event.index, event.text))
                 continue
             result = outcome(event.job, ids[event.index])
             outcomes[event.index] = result
@@ -239,45 +323,45 @@ async def _sse(
             rest = result.text
             if rest.startswith(event.relayed):
                 rest = rest[len(event.relayed) :]
-            elif event.relayed:
+            else:
                 failed = StructqError(
-                    f"job {ids[event.index]} was re-run after its worker was lost; the text "
-                    "streamed so far is not its final output (read the job for it)"
+                    f"the text streamed for job {ids[event.index]} is not its final output (its "
+                    "run was interrupted and re-run, or stream entries were lost); read the "
+                    "job for its output"
                 )
                 break
+            text: str | None = rest
+            if kind == "chat" and not rest:
+                text = None
             yield _event(
                 chunk(
                     kind,
                     rid,
-                    body.model,
+                    model,
                     created,
                     event.index,
-                    rest or None if kind == "chat" else rest,
+                    text,
                     finish_reason=result.finish_reason,
                 )
             )
-        if failed is None and body.include_usage:
-            done = [o for o in outcomes if o is not None]
-            yield _event(
-                {
-                    "id": rid,
-                    "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [],
-                    "usage": usage(done, body.n),
-                }
-            )
-        if failed is not None:
-            yield _event({"error": _error_body(failed)})
-        yield "data: [DONE]\n\n"
-    finally:
-        # The client went away, or a choice failed: stop the rest, shielded from the
-        # cancellation that may have brought us here.
-        unfinished = [job_id for job_id, o in zip(ids, outcomes, strict=True) if o is None]
-        if unfinished or failed is not None:
-            with anyio.CancelScope(shield=True):
-                await _cancel(store, ids)
+    except Exception as exc:  # Redis gone, a record this gateway cannot read: end cleanly
+        log.exception("stream %s failed", rid)
+        failed = StructqError(f"the stream failed: {type(exc).__name__}")
+    if failed is None and body.include_usage:
+        done = [o for o in outcomes if o is not None]
+        yield _event(
+            {
+                "id": rid,
+                "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage(done, body.n or 1),
+            }
+        )
+    if failed is not None:
+        yield _event({"error": _error_body(failed)})
+    yield "data: [DONE]\n\n"
 
 
 def _error_body(exc: StructqError) -> dict[str, Any]:

@@ -96,6 +96,18 @@ def test_every_structured_output_form_maps_to_a_spec(fields, expected):
         ({"guided_whitespace_pattern": " "}, "guided_whitespace_pattern", "not supported"),
         ({"structured_outputs": {"regex": "a", "whitespace_pattern": " "}}, None, "whitespace"),
         ({"temperature": 3}, None, "less than or equal"),
+        ({"logprobs": 0}, "logprobs", "not supported"),
+        ({"stop_token_ids": [2]}, "stop_token_ids", "not supported"),
+        ({"min_tokens": 5}, "min_tokens", "not supported"),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, "chat_template_kwargs", "not"),
+        ({"use_beam_search": True}, "use_beam_search", "not supported"),
+        ({"echo": True}, "echo", "not supported"),
+        (
+            {"structured_outputs": {"json": SCHEMA, "disable_any_whitespace": False}},
+            "structured_outputs.disable_any_whitespace",
+            "not supported",
+        ),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages.0.role", "not supported"),
     ],
 )
 def test_bad_requests_are_refused_naming_the_field(fields, param, words):
@@ -214,3 +226,21 @@ def test_usage_counts_each_prompt_once():
         Outcome(prompt_tokens=7, completion_tokens=1)
     ] * 3
     assert usage(outcomes, n=3) == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+
+
+def test_defaults_sent_by_clients_are_accepted():
+    jobs = chat(
+        top_logprobs=0,
+        logprobs=False,
+        n=None,
+        stream=None,
+        ignore_eos=None,
+        stop_token_ids=[],
+        skip_special_tokens=True,
+        add_generation_prompt=True,
+        user="someone",
+        store=False,
+    )
+    assert len(jobs) == 1 and not jobs[0].stream
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert chat_jobs(ChatRequest.model_validate(body), 100, 60)[0].model is None  # the default

@@ -40,7 +40,7 @@ REFUSED = [
 
 @pytest.fixture
 def client(redis_client: redis.Redis, redis_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(ApiSettings(redis_url=redis_url))) as client:
+    with TestClient(create_app(ApiSettings(insecure_no_auth=True, redis_url=redis_url))) as client:
         yield client
 
 
@@ -68,7 +68,9 @@ def test_unknown_event_is_422(client):
 
 
 def test_the_allow_list_opens_a_private_network_on_purpose(redis_client, redis_url):
-    settings = ApiSettings(redis_url=redis_url, webhook_allowed_networks=["127.0.0.0/8"])
+    settings = ApiSettings(
+        insecure_no_auth=True, redis_url=redis_url, webhook_allowed_networks=["127.0.0.0/8"]
+    )
     with TestClient(create_app(settings)) as client:
         body = {"prompt": "x", "webhook": {"url": "http://127.0.0.1:9/h"}}
         assert client.post("/v1/jobs", json=body).status_code == 202

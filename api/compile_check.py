@@ -1,0 +1,196 @@
+"""Compile checks with a time bound: every new regex, JSON Schema and grammar is compiled
+against the model's vocabulary before its job is enqueued, in a process the gateway kills when
+it takes longer than STRUCTQ_COMPILE_TIMEOUT_S. A spec that does not compile, or not in time,
+is a 422 and never reaches a GPU worker.
+
+Verdicts are cached by the spec's hash, in this process and in Redis (shared by every gateway),
+and concurrent checks of one spec share one compile: a burst of jobs with one schema costs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import threading
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from api.compile_worker import serve
+from shared.output_types import GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
+
+__all__ = ["CompileChecker"]
+
+log = logging.getLogger(__name__)
+
+VERDICT_PREFIX = "structq:compile:"
+_VERDICT_TTL_S = 7 * 86_400
+_TIMEOUT_VERDICT_TTL_S = 3600  # a slow machine may do better later
+_LOCAL_CACHE = 4096
+_READY_TIMEOUT_S = 120.0  # loading the vocabularies, in a fresh process
+
+
+# Specs known to compile, checked once here rather than per gateway: `{"type": "object"}` is
+# what OpenAI's `json_object` mode asks for, and costs outlines-core seconds to compile.
+_TRUSTED_SCHEMAS = {json.dumps({"type": "object"}, sort_keys=True)}
+
+
+def _task(spec: OutputType) -> tuple[str, str] | None:
+    match spec:
+        case RegexSpec():
+            return "regex", spec.pattern
+        case JsonSchemaSpec():
+            schema = json.dumps(spec.json_schema, sort_keys=True)
+            return None if schema in _TRUSTED_SCHEMAS else ("json", schema)
+        case GrammarSpec():
+            return "grammar", spec.grammar
+    return None  # text, choice and the scalar types: nothing to compile
+
+
+class _Process:
+    """One compile process; killed and replaced when a compile overruns."""
+
+    def __init__(self, folders: list[str]) -> None:
+        self._folders = folders
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def _spawn(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(
+            target=serve, args=(child, self._folders), name="structq-compile", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._ready = False
+
+    def _ensure_ready(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive():
+            self._spawn()
+        assert self._conn is not None
+        if not self._ready:
+            if not self._conn.poll(_READY_TIMEOUT_S):
+                self.kill()
+                raise RuntimeError("the compile-check process did not start")
+            self._conn.recv()
+            self._ready = True
+        return self._conn
+
+    def warm(self) -> None:
+        with self._lock:
+            self._ensure_ready()
+
+    def run(
+        self, folder: str, kind: str, payload: str, timeout_s: float
+    ) -> tuple[bool, str | None]:
+        """(finished in time, problem or None). Blocking: call it in a thread."""
+        with self._lock:
+            conn = self._ensure_ready()
+            conn.send((folder, kind, payload))
+            if conn.poll(timeout_s):
+                try:
+                    return True, conn.recv()[1]
+                except EOFError:  # it died on this spec (a crash in a compiler)
+                    self.kill()
+                    return True, "the compiler crashed on it"
+            self.kill()
+            return False, None
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc, self._conn, self._ready = None, None, False
+
+
+class CompileChecker:
+    def __init__(
+        self,
+        folders: dict[str, Path],
+        timeout_s: float,
+        processes: int,
+        redis: aioredis.Redis | None = None,
+    ) -> None:
+        self._folders = {model: str(folder) for model, folder in folders.items()}
+        self._timeout_s = timeout_s
+        self._redis = redis
+        unique = sorted(set(self._folders.values()))
+        self._procs = [_Process(unique) for _ in range(processes)] if unique else []
+        self._idle: asyncio.Queue[_Process] = asyncio.Queue()
+        for proc in self._procs:
+            self._idle.put_nowait(proc)
+        self._verdicts: OrderedDict[str, str] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[str]] = {}
+
+    def models(self) -> list[str]:
+        return sorted(self._folders)
+
+    async def warm(self) -> None:
+        """Start the processes (the first check does it otherwise)."""
+        await asyncio.gather(*(asyncio.to_thread(proc.warm) for proc in self._procs))
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.kill()
+
+    async def check(self, model: str, spec: OutputType) -> str | None:
+        """None when ``spec`` compiles for ``model`` in time (or there is nothing to check:
+        no tokenizer for the model, or a spec kind with nothing to compile), else why not."""
+        task = _task(spec)
+        folder = self._folders.get(model)
+        if task is None or folder is None:
+            return None
+        kind, payload = task
+        digest = hashlib.sha256(f"{folder}\0{kind}\0{payload}".encode()).hexdigest()
+        verdict = self._verdicts.get(digest)
+        if verdict is None and self._redis is not None:
+            cached = await self._redis.get(VERDICT_PREFIX + digest)
+            verdict = None if cached is None else cached.decode()
+        if verdict is None:
+            running = self._inflight.get(digest)
+            if running is None:
+                running = asyncio.get_running_loop().create_future()
+                self._inflight[digest] = running
+                try:
+                    running.set_result(await self._compile(digest, folder, kind, payload))
+                except BaseException as exc:
+                    running.set_exception(exc)
+                    raise
+                finally:
+                    del self._inflight[digest]
+            verdict = await asyncio.shield(running)
+        self._verdicts[digest] = verdict
+        self._verdicts.move_to_end(digest)
+        while len(self._verdicts) > _LOCAL_CACHE:
+            self._verdicts.popitem(last=False)
+        return verdict or None
+
+    async def _compile(self, digest: str, folder: str, kind: str, payload: str) -> str:
+        proc = await self._idle.get()
+        try:
+            in_time, problem = await asyncio.to_thread(
+                proc.run, folder, kind, payload, self._timeout_s
+            )
+        finally:
+            self._idle.put_nowait(proc)
+        if not in_time:
+            verdict = f"it did not compile within {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
+        else:
+            verdict = "" if problem is None else f"it does not compile: {problem}"
+        if self._redis is not None:
+            ttl = _VERDICT_TTL_S if in_time else _TIMEOUT_VERDICT_TTL_S
+            with contextlib.suppress(Exception):  # the cache is an optimisation
+                await self._redis.set(VERDICT_PREFIX + digest, verdict, ex=ttl)
+        return verdict
