@@ -17,7 +17,11 @@ from scripts.stack import Stack
 def main() -> int:
     with Stack() as stack:
         client = httpx.Client(base_url=stack.api_url, timeout=30)
-        print("\nSubmitting the seed examples to", stack.api_url, flush=True)
+        print(
+            "\nThe local stack runs without API keys (STRUCTQ_INSECURE_NO_AUTH=true, development "
+            "only; a deployment configures STRUCTQ_API_KEYS)."
+        )
+        print("Submitting the seed examples to", stack.api_url, flush=True)
         submitted = []
         for label, body in SEED_JOBS:
             response = client.post("/v1/jobs", json=body)

