@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import threading
+import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from api.compile_worker import serve
+from shared.errors import StructqError
 from shared.output_types import GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
 
 __all__ = ["CompileChecker"]
@@ -34,6 +36,18 @@ _VERDICT_TTL_S = 7 * 86_400
 _TIMEOUT_VERDICT_TTL_S = 3600  # a slow machine may do better later
 _LOCAL_CACHE = 4096
 _READY_TIMEOUT_S = 120.0  # loading the vocabularies, in a fresh process
+CRASHED = "\0crashed"
+CRASHED_VERDICT = "it could not be checked"
+# How long this process trusts a verdict that may change: a timeout (the machine may be less
+# busy later) and a crash. Definite verdicts (compiles, does not compile) are kept.
+_TAG = 12
+_LOCAL_TTL_S = {"it did not c"[:_TAG]: 3600.0, CRASHED_VERDICT[:_TAG]: 600.0}
+
+
+class CompileBusy(StructqError):
+    code = "compile_busy"
+    http_status = 503
+    retryable = True
 
 
 # Specs known to compile, checked once here rather than per gateway: `{"type": "object"}` is
@@ -56,8 +70,9 @@ def _task(spec: OutputType) -> tuple[str, str] | None:
 class _Process:
     """One compile process; killed and replaced when a compile overruns."""
 
-    def __init__(self, folders: list[str]) -> None:
+    def __init__(self, folders: list[str], memory_mb: int) -> None:
         self._folders = folders
+        self._memory_mb = memory_mb
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -67,7 +82,10 @@ class _Process:
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=serve, args=(child, self._folders), name="structq-compile", daemon=True
+            target=serve,
+            args=(child, self._folders, self._memory_mb),
+            name="structq-compile",
+            daemon=True,
         )
         self._proc.start()
         child.close()
@@ -100,19 +118,24 @@ class _Process:
             if conn.poll(timeout_s):
                 try:
                     return True, conn.recv()[1]
-                except EOFError:  # it died on this spec (a crash in a compiler)
+                except EOFError:  # it died on this spec (a crash, or out of memory)
                     self.kill()
-                    return True, "the compiler crashed on it"
+                    return True, CRASHED
             self.kill()
             return False, None
 
     def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.join(5)
-        if self._conn is not None:
-            self._conn.close()
+        proc, conn = self._proc, self._conn
         self._proc, self._conn, self._ready = None, None, False
+        # May race a start on another thread (the gateway stopping while it warms up): a
+        # process that got away is a daemon, ended with the gateway.
+        with contextlib.suppress(Exception):
+            if proc is not None:
+                proc.kill()
+                proc.join(5)
+        with contextlib.suppress(Exception):
+            if conn is not None:
+                conn.close()
 
 
 class CompileChecker:
@@ -122,16 +145,18 @@ class CompileChecker:
         timeout_s: float,
         processes: int,
         redis: aioredis.Redis | None = None,
+        memory_mb: int = 4096,
     ) -> None:
         self._folders = {model: str(folder) for model, folder in folders.items()}
         self._timeout_s = timeout_s
         self._redis = redis
         unique = sorted(set(self._folders.values()))
-        self._procs = [_Process(unique) for _ in range(processes)] if unique else []
+        self._procs = [_Process(unique, memory_mb) for _ in range(processes)] if unique else []
         self._idle: asyncio.Queue[_Process] = asyncio.Queue()
         for proc in self._procs:
             self._idle.put_nowait(proc)
-        self._verdicts: OrderedDict[str, str] = OrderedDict()
+        # digest -> (verdict, monotonic expiry or None)
+        self._verdicts: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[str]] = {}
 
     def models(self) -> list[str]:
@@ -153,8 +178,11 @@ class CompileChecker:
         if task is None or folder is None:
             return None
         kind, payload = task
-        digest = hashlib.sha256(f"{folder}\0{kind}\0{payload}".encode()).hexdigest()
-        verdict = self._verdicts.get(digest)
+        key = f"{folder}\0{self._timeout_s}\0{kind}\0{payload}"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        verdict, expires = self._verdicts.get(digest, (None, None))
+        if verdict is not None and expires is not None and expires < time.monotonic():
+            verdict = None
         if verdict is None and self._redis is not None:
             cached = await self._redis.get(VERDICT_PREFIX + digest)
             verdict = None if cached is None else cached.decode()
@@ -171,14 +199,20 @@ class CompileChecker:
                 finally:
                     del self._inflight[digest]
             verdict = await asyncio.shield(running)
-        self._verdicts[digest] = verdict
+        if digest not in self._verdicts or self._verdicts[digest][0] != verdict:
+            ttl = _LOCAL_TTL_S.get(verdict[:_TAG]) if verdict else None
+            self._verdicts[digest] = (verdict, None if ttl is None else time.monotonic() + ttl)
         self._verdicts.move_to_end(digest)
         while len(self._verdicts) > _LOCAL_CACHE:
             self._verdicts.popitem(last=False)
         return verdict or None
 
     async def _compile(self, digest: str, folder: str, kind: str, payload: str) -> str:
-        proc = await self._idle.get()
+        try:
+            # Every process busy for this long: the checker is swamped; the client retries.
+            proc = await asyncio.wait_for(self._idle.get(), timeout=4 * self._timeout_s + 10)
+        except TimeoutError:
+            raise CompileBusy("the gateway's compile checks are all busy; retry shortly") from None
         try:
             in_time, problem = await asyncio.to_thread(
                 proc.run, folder, kind, payload, self._timeout_s
@@ -187,10 +221,14 @@ class CompileChecker:
             self._idle.put_nowait(proc)
         if not in_time:
             verdict = f"it did not compile within {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
+            redis_ttl: int | None = _TIMEOUT_VERDICT_TTL_S
+        elif problem == CRASHED:
+            # Perhaps this spec, perhaps the machine (memory): not shared, not kept long.
+            return f"{CRASHED_VERDICT}: the compiler stopped on it"
         else:
             verdict = "" if problem is None else f"it does not compile: {problem}"
-        if self._redis is not None:
-            ttl = _VERDICT_TTL_S if in_time else _TIMEOUT_VERDICT_TTL_S
+            redis_ttl = _VERDICT_TTL_S
+        if self._redis is not None and redis_ttl is not None:
             with contextlib.suppress(Exception):  # the cache is an optimisation
-                await self._redis.set(VERDICT_PREFIX + digest, verdict, ex=ttl)
+                await self._redis.set(VERDICT_PREFIX + digest, verdict, ex=redis_ttl)
         return verdict

@@ -99,8 +99,14 @@ def compile_spec(model: _Model, kind: str, payload: str) -> str | None:
     return None
 
 
-def serve(conn: Connection, folders: list[str]) -> None:
-    """The process's loop: load the vocabularies, say ready, then compile what comes."""
+def serve(conn: Connection, folders: list[str], memory_mb: int = 4096) -> None:
+    """The process's loop: load the vocabularies, say ready, then compile what comes. Its
+    address space is capped at ``memory_mb``: a spec that needs more fails here (a
+    MemoryError, or this process dies), not the gateway's container."""
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     models = {folder: _Model(Path(folder)) for folder in folders}
     for model in models.values():  # the first compile pays one-off set-up: not a spec's cost
         compile_spec(model, "regex", "[0-9]+")

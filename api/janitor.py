@@ -24,7 +24,15 @@ import time
 from api.settings import ApiSettings
 from shared import lifecycle
 from shared.jobs import JobStatus
-from shared.keys import ALL_INDEX, DEADLINES, WORKER_PREFIX, status_index
+from shared.keys import (
+    ALL_INDEX,
+    DEADLINES,
+    JOB_PREFIX,
+    WORKER_PREFIX,
+    client_index,
+    model_queued_index,
+    status_index,
+)
 from shared.store import AsyncJobStore
 
 __all__ = ["Janitor"]
@@ -119,10 +127,26 @@ class Janitor:
         return count
 
     async def _trim_indexes(self) -> None:
-        horizon_ms = (time.time() - self._settings.job_ttl_s) * 1000
+        settings = self._settings
+        horizon_ms = (time.time() - settings.job_ttl_s) * 1000
+        # A record lives job_ttl_s after its last change, which may be well after creation.
+        all_horizon_ms = horizon_ms - (settings.job_ttl_s + settings.max_run_s) * 1000
+        owners = [key.name for key in settings.api_keys]
         for status in JobStatus:
             if status.terminal:
                 await self._redis.zremrangebyscore(status_index(status.value), "-inf", horizon_ms)
-        # A record lives job_ttl_s after its last change, which may be well after creation.
-        horizon_ms -= (self._settings.job_ttl_s + self._settings.max_run_s) * 1000
-        await self._redis.zremrangebyscore(ALL_INDEX, "-inf", horizon_ms)
+                for owner in owners:
+                    index = client_index(owner, status.value)
+                    await self._redis.zremrangebyscore(index, "-inf", horizon_ms)
+        await self._redis.zremrangebyscore(ALL_INDEX, "-inf", all_horizon_ms)
+        for owner in owners:
+            await self._redis.zremrangebyscore(client_index(owner), "-inf", all_horizon_ms)
+        # Queued entries whose record expired (queued longer than job_ttl_s, no deadline):
+        # they would count against the queue-depth and per-key limits for ever.
+        waiting = [model_queued_index(model) for model in settings.models]
+        waiting += [client_index(owner, JobStatus.QUEUED.value) for owner in owners]
+        for index in waiting:
+            old = await self._redis.zrangebyscore(index, "-inf", horizon_ms, start=0, num=_BATCH)
+            gone = [m for m in old if not await self._redis.exists(JOB_PREFIX + m.decode())]
+            if gone:
+                await self._redis.zrem(index, *gone)

@@ -65,7 +65,7 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -361,7 +361,7 @@ def _fan_out(
     for prompt in prompts:
         for i in range(n):
             # n samples of one prompt: with a seed, seed, seed+1, ... so they differ.
-            seed = None if sampling.seed is None else sampling.seed + i
+            seed = None if sampling.seed is None else (sampling.seed + i + 2**63) % 2**64 - 2**63
             jobs.append(
                 JobCreate(
                     **prompt,

@@ -25,10 +25,20 @@ from api.waiters import CompletionWaiters
 from shared import lifecycle
 from shared.errors import Conflict, StructqError
 from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
+from shared.keys import client_index, model_queued_index
 from shared.store import AsyncJobStore, is_terminal
 from shared.webhooks import UnsafeUrl, resolve_checked
 
-__all__ = ["Admission", "QueueFull", "Submitted", "TooManyQueued", "cancel", "submit", "wait_all"]
+__all__ = [
+    "Admission",
+    "QueueFull",
+    "Submitted",
+    "TooManyQueued",
+    "cancel",
+    "check_caps",
+    "submit",
+    "wait_all",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +104,14 @@ class Admission:
         counter = self.counters.get(model)
         if counter is not None:
             text_length = len(body.prompt or "") + sum(len(m.content) for m in body.messages or [])
-            if text_length > 20_000:  # a long prompt: tokenize it off the event loop
-                prompt_tokens = await asyncio.to_thread(counter.count, body)
-            else:
-                prompt_tokens = counter.count(body)
+            where = "prompt" if body.prompt is not None else "messages"
+            try:
+                if text_length > 20_000:  # a long prompt: tokenize it off the event loop
+                    prompt_tokens = await asyncio.to_thread(counter.count, body)
+                else:
+                    prompt_tokens = counter.count(body)
+            except ValueError as exc:
+                raise invalid_field(("body", where), str(exc)) from None
             room = settings.max_model_len - prompt_tokens
             max_tokens = body.sampling.max_tokens
             if fit_max_tokens and 0 < room < max_tokens:
@@ -105,7 +119,6 @@ class Admission:
                 sampling = body.sampling.model_copy(update={"max_tokens": room})
                 body = body.model_copy(update={"sampling": sampling})
             if prompt_tokens + max_tokens > settings.max_model_len:
-                where = "prompt" if body.prompt is not None else "messages"
                 raise invalid_field(
                     ("body", where),
                     f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: "
@@ -203,6 +216,26 @@ async def submit(
             "since been deleted; use a new key"
         )
     return Submitted(created.earlier_id, raw, created=False)
+
+
+async def check_caps(
+    store: AsyncJobStore, settings: ApiSettings, caller: Caller, model: str
+) -> None:
+    """The queue-depth and per-key caps, for a job queued other than by ``submit`` (whose
+    create script checks them atomically): a retry."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(model_queued_index(model))
+        pipe.zcard(client_index(caller.owner or "", JobStatus.QUEUED.value))
+        depth, mine = await pipe.execute()
+    if settings.max_queue_depth and depth >= settings.max_queue_depth:
+        raise QueueFull(
+            f"the queue of {model} holds {depth} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
+        )
+    if caller.owner and settings.max_queued_per_key and mine >= settings.max_queued_per_key:
+        raise TooManyQueued(
+            f"key {caller.name!r} has {mine} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
+            "once some have started"
+        )
 
 
 async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:

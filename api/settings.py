@@ -7,6 +7,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.output_types import MAX_GRAMMAR_CHARS, MAX_REGEX_CHARS, MAX_SCHEMA_JSON
 from shared.settings import DEFAULT_MODEL, CommonSettings
 
 __all__ = ["ApiKey", "ApiSettings"]
@@ -98,11 +99,13 @@ class ApiSettings(CommonSettings):
     max_queue_depth: int = Field(
         20_000,
         ge=0,
-        description="Messages a model's queue may hold; past it new jobs get 503 with "
+        description="Queued jobs a model may have; past it new jobs get 503 with "
         "Retry-After (0: no limit).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
-    max_schema_bytes: int = Field(32_768, ge=64, description="Largest JSON Schema, as JSON.")
+    max_schema_bytes: int = Field(
+        32_768, ge=64, le=MAX_SCHEMA_JSON, description="Largest JSON Schema, as JSON."
+    )
     max_schema_depth: int = Field(
         12, ge=1, description="Deepest nesting of a JSON Schema's subschemas."
     )
@@ -112,8 +115,12 @@ class ApiSettings(CommonSettings):
     max_enum_values: int = Field(
         256, ge=1, description="Most members of one enum, and most choices of a choice type."
     )
-    max_regex_length: int = Field(1024, ge=1, description="Longest regex pattern.")
-    max_grammar_bytes: int = Field(16_384, ge=16, description="Largest grammar.")
+    max_regex_length: int = Field(
+        1024, ge=1, le=MAX_REGEX_CHARS, description="Longest regex pattern."
+    )
+    max_grammar_bytes: int = Field(
+        16_384, ge=16, le=MAX_GRAMMAR_CHARS, description="Largest grammar."
+    )
     max_choice_length: int = Field(256, ge=1, description="Longest single choice.")
     compile_check: bool = Field(
         True,
@@ -125,6 +132,9 @@ class ApiSettings(CommonSettings):
         5.0, gt=0, description="Longest a spec's compile check may take before it is refused."
     )
     compile_workers: int = Field(1, ge=1, description="Compile-check processes per gateway.")
+    compile_memory_mb: int = Field(
+        4096, ge=512, description="Address-space cap of each compile-check process."
+    )
     tokenizers: dict[str, Path] = Field(
         default_factory=dict,
         description="Model name -> folder with its tokenizer.json (JSON object), for counting "

@@ -56,7 +56,10 @@ def _check_regex(pattern: str, settings: ApiSettings) -> None:
             f"a regex of {len(pattern)} characters, longer than {settings.max_regex_length} "
             "(STRUCTQ_MAX_REGEX_LENGTH)"
         )
-    nested = _nested_unbounded_repeat(sre_parse.parse(pattern))
+    try:
+        nested = _nested_unbounded_repeat(sre_parse.parse(pattern))
+    except RecursionError:
+        raise SpecTooLarge("a regex nested too deeply") from None
     if nested:
         raise SpecTooLarge(
             "nested unbounded quantifiers (like `(a+)+`): they make the pattern's automaton "
@@ -74,8 +77,13 @@ def _nested_unbounded_repeat(parsed: Any, inside_unbounded: bool = False) -> boo
                 return True
             if _nested_unbounded_repeat(sub, inside_unbounded or unbounded):
                 return True
-        elif op == sre_parse.SUBPATTERN:
-            if _nested_unbounded_repeat(arg[-1], inside_unbounded):
+        elif op in (sre_parse.SUBPATTERN, sre_parse.ATOMIC_GROUP):
+            sub = arg[-1] if op == sre_parse.SUBPATTERN else arg
+            if _nested_unbounded_repeat(sub, inside_unbounded):
+                return True
+        elif op == sre_parse.GROUPREF_EXISTS:
+            branches = [b for b in arg[1:] if b is not None]
+            if any(_nested_unbounded_repeat(b, inside_unbounded) for b in branches):
                 return True
         elif op == sre_parse.BRANCH:
             if any(_nested_unbounded_repeat(branch, inside_unbounded) for branch in arg[1]):
@@ -139,7 +147,8 @@ def _walk(schema: Any, depth: int, settings: ApiSettings, counts: dict[str, int]
                 "(STRUCTQ_MAX_SCHEMA_PROPERTIES)"
             )
     for key in _SUBSCHEMA_LISTS:
-        for sub in schema.get(key) or []:
+        subs = schema.get(key)
+        for sub in subs if isinstance(subs, list) else []:
             _walk(sub, depth + 1, settings, counts)
     for key in _SUBSCHEMA_MAPS:
         subs = schema.get(key)
@@ -152,40 +161,51 @@ def _walk(schema: Any, depth: int, settings: ApiSettings, counts: dict[str, int]
 
 def _check_refs(schema: dict[str, Any]) -> None:
     """Refuse a schema whose ``$ref``s form a cycle: a recursive structure has no finite
-    regular form, and engines either unroll it or give up."""
-    definitions: dict[str, Any] = {}
-    for key in ("$defs", "definitions"):
-        for name, sub in (schema.get(key) or {}).items():
-            definitions[f"#/{key}/{name}"] = sub
+    regular form, and engines either unroll it or give up. Any local reference counts
+    (``#/$defs/x``, ``#/properties/a``, ``#``); remote ones are left to the compile check."""
+
+    def resolve(pointer: str) -> Any:
+        node: Any = schema
+        for part in pointer.removeprefix("#").split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node
 
     def refs(node: Any) -> set[str]:
         found: set[str] = set()
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str):
-                found.add(ref)
-            for key, value in node.items():
-                if key not in ("$defs", "definitions"):
-                    found |= refs(value)
-        elif isinstance(node, list):
-            for value in node:
-                found |= refs(value)
+        stack = [node]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, dict):
+                ref = value.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#"):
+                    found.add(ref)
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
         return found
 
-    edges = {name: refs(sub) for name, sub in definitions.items()}
-    edges["#"] = refs(schema)
     visiting: set[str] = set()
     done: set[str] = set()
 
-    def visit(name: str) -> None:
-        if name in done:
+    def visit(pointer: str) -> None:
+        if pointer in done:
             return
-        if name in visiting:
-            raise SpecTooLarge(f"a recursive JSON Schema (`$ref` {name} refers back to itself)")
-        visiting.add(name)
-        for target in edges.get(name, ()):
+        if pointer in visiting:
+            raise SpecTooLarge(f"a recursive JSON Schema (`$ref` {pointer} refers back to itself)")
+        visiting.add(pointer)
+        node = resolve(pointer)
+        # The root's own definitions are only reached through references to them.
+        if pointer == "#" and isinstance(node, dict):
+            node = {k: v for k, v in node.items() if k not in ("$defs", "definitions")}
+        for target in sorted(refs(node)):
             visit(target)
-        visiting.discard(name)
-        done.add(name)
+        visiting.discard(pointer)
+        done.add(pointer)
 
     visit("#")

@@ -24,6 +24,8 @@ __all__ = ["PromptCounter"]
 
 log = logging.getLogger(__name__)
 
+_COUNT_CACHE = 256
+
 
 class PromptCounter:
     """One model's tokenizer and chat template."""
@@ -31,6 +33,8 @@ class PromptCounter:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # The same prompt comes many times (an OpenAI request's n choices, retries).
+        self._counts: dict[str, int] = {}
         config_path = folder / "tokenizer_config.json"
         self._config: dict[str, Any] = (
             json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -73,5 +77,16 @@ class PromptCounter:
         )
 
     def count(self, job: Job | JobCreate) -> int:
-        """The prompt's tokens as the engine will count them."""
-        return len(self._tokenizer.encode(self.prompt_text(job), add_special_tokens=True).ids)
+        """The prompt's tokens as the engine will count them (``ValueError``: the chat
+        template refuses the chat, e.g. roles out of the order it requires)."""
+        try:
+            text = self.prompt_text(job)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"the model's chat template refuses this chat: {exc}") from None
+        cached = self._counts.get(text)
+        if cached is None:
+            cached = len(self._tokenizer.encode(text, add_special_tokens=True).ids)
+            self._counts[text] = cached
+            if len(self._counts) > _COUNT_CACHE:
+                self._counts.pop(next(iter(self._counts)))
+        return cached

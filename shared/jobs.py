@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 
+# Longest `timeout_s` a job may ask for.
+MAX_TIMEOUT_S = 365 * 86_400
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -72,9 +76,9 @@ class Sampling(_Model):
     max_tokens: int = Field(256, ge=1, description="Most tokens to generate (structq default 256).")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1, description="0 or -1: off.")
+    top_k: int = Field(0, ge=-1, le=2**31 - 1, description="0 or -1: off.")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -138,7 +142,10 @@ class JobCreate(_Model):
         "run. Still running then: aborted, `failed` with `deadline_exceeded`.",
     )
     timeout_s: float | None = Field(
-        None, gt=0, description="The same as `deadline`, in seconds from submission."
+        None,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="The same as `deadline`, in seconds from submission (at most a year).",
     )
     webhook: WebhookSpec | None = Field(
         None, description="Where to POST the job's events (signed per Standard Webhooks)."

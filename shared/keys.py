@@ -30,6 +30,7 @@ __all__ = [
     "WEBHOOK_WORKER_PREFIX",
     "WORKER_PREFIX",
     "client_index",
+    "model_queued_index",
     "delivery_key",
     "hooks_key",
     "idempotency_key",
@@ -142,6 +143,11 @@ def kombu_priority_steps() -> list[int]:
 
 def status_index(status: str) -> str:
     return f"{STATUS_INDEX_PREFIX}{status}"
+
+
+def model_queued_index(model: str) -> str:
+    """The model's queued jobs (what its queue-depth limit counts), kept by the same scripts."""
+    return f"{STATUS_INDEX_PREFIX}model:{model}:queued"
 
 
 def client_index(client: str, status: str | None = None) -> str:

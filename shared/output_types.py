@@ -44,6 +44,14 @@ FLOAT_PATTERN = rf"{INT_PATTERN}(\.[0-9]+)?([eE][+-][0-9]+)?"
 BOOL_PATTERN = r"(True|False)"
 
 
+# Hard bounds on specs, checked before any costly validation (the gateway's settings may set
+# tighter ones): checking a spec near them costs a fraction of a second.
+MAX_SCHEMA_JSON = 32768
+MAX_SCHEMA_NESTING = 64
+MAX_REGEX_CHARS = 4096
+MAX_GRAMMAR_CHARS = 16384
+
+
 class OutputMismatch(ValueError):
     """A finished output that does not conform to its spec; the message says how."""
 
@@ -77,7 +85,13 @@ class JsonSchemaSpec(_Spec):
     @field_validator("json_schema")
     @classmethod
     def _check_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        problem = _schema_problem(json.dumps(schema, sort_keys=True))
+        # Hard bounds before any real work (the gateway's own limits are tighter).
+        if _depth(schema) > MAX_SCHEMA_NESTING:
+            raise ValueError(f"JSON Schema nested deeper than {MAX_SCHEMA_NESTING} levels")
+        schema_json = json.dumps(schema, sort_keys=True)
+        if len(schema_json) > MAX_SCHEMA_JSON:
+            raise ValueError(f"JSON Schema larger than {MAX_SCHEMA_JSON} bytes")
+        problem = _schema_problem(schema_json)
         if problem is not None:
             raise ValueError(problem)
         return schema
@@ -99,7 +113,11 @@ class RegexSpec(_Spec):
     """Text that fully matches a regular expression."""
 
     type: Literal["regex"] = "regex"
-    pattern: str = Field(min_length=1, description="The regular expression (full match).")
+    pattern: str = Field(
+        min_length=1,
+        max_length=MAX_REGEX_CHARS,
+        description="The regular expression (full match).",
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -108,6 +126,8 @@ class RegexSpec(_Spec):
             _regex(pattern)
         except re.error as exc:
             raise ValueError(f"invalid regular expression: {exc}") from None
+        except RecursionError:
+            raise ValueError("regular expression nested too deeply") from None
         return pattern
 
     def parse(self, text: str) -> str:
@@ -161,7 +181,11 @@ class GrammarSpec(_Spec):
     """Text in the language of a context-free grammar in Lark syntax (as Outlines' ``CFG``)."""
 
     type: Literal["grammar"] = "grammar"
-    grammar: str = Field(min_length=1, description="A Lark grammar whose start rule is `start`.")
+    grammar: str = Field(
+        min_length=1,
+        max_length=MAX_GRAMMAR_CHARS,
+        description="A Lark grammar whose start rule is `start`.",
+    )
 
     @field_validator("grammar")
     @classmethod
@@ -171,6 +195,8 @@ class GrammarSpec(_Spec):
         except LarkError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"grammar does not parse: {first}") from None
+        except RecursionError:
+            raise ValueError("grammar nested too deeply") from None
         return grammar
 
     def parse(self, text: str) -> str:
@@ -195,6 +221,21 @@ OutputType = Annotated[
 ]
 
 
+def _depth(node: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_SCHEMA_NESTING:
+            return depth
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
+
+
 def _full_match(pattern: str, text: str) -> None:
     if _regex(pattern).fullmatch(text) is None:
         raise OutputMismatch(f"output {text[:80]!r} does not fully match /{pattern}/")
@@ -215,10 +256,14 @@ def _schema_problem(schema_json: str) -> str | None:
     except jsonschema.SchemaError as exc:
         where = "/".join(map(str, exc.absolute_path)) or "(root)"
         return f"invalid JSON Schema at {where}: {exc.message}"
+    except RecursionError:
+        return "JSON Schema nested too deeply"
     try:
         build_regex_from_schema(schema_json)
     except (ValueError, TypeError) as exc:
         return f"JSON Schema not supported for generation: {str(exc).splitlines()[0]}"
+    except RecursionError:
+        return "JSON Schema nested too deeply"
     return None
 
 

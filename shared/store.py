@@ -41,7 +41,6 @@ from shared.keys import (
     hooks_key,
     idempotency_key,
     job_key,
-    queue_lists,
 )
 
 __all__ = [
@@ -84,6 +83,12 @@ if client then
   redis.call('ZREM', own .. current, id)
   redis.call('ZADD', own .. status, ARGV[4], id)
 end
+local model = redis.call('HGET', KEYS[1], 'model')
+if model then
+  local waiting = ARGV[11] .. 'model:' .. model .. ':queued'
+  if current == 'queued' then redis.call('ZREM', waiting, id) end
+  if status == 'queued' then redis.call('ZADD', waiting, ARGV[4], id) end
+end
 redis.call('ZREM', KEYS[3], id)
 if status == 'queued' and ARGV[8] ~= '' then redis.call('ZADD', KEYS[3], ARGV[8], id) end
 if ARGV[10] == '1' then
@@ -101,11 +106,12 @@ end
 return 1
 """
 
-# KEYS: 1 job hash, 2 all-jobs index, 3 deadlines, 4 queue list, 5 idempotency key ('' none),
-# then the model's queue lists (for its depth). ARGV: 1 record, 2 TTL s, 3 now (ms),
-# 4 deadline ('' none), 5 task message, 6 status index prefix, 7 job id, 8 idempotency value
-# ("<body hash> <job id>"), 9 idempotency TTL s, 10 client ('' none), 11 most queued jobs of
-# one client (0: no limit), 12 deepest queue of the model (0: no limit).
+# KEYS: 1 job hash, 2 all-jobs index, 3 deadlines, 4 queue list, 5 idempotency key ('' none).
+# ARGV: 1 record, 2 TTL s, 3 now (ms), 4 deadline ('' none), 5 task message, 6 status index
+# prefix, 7 job id, 8 idempotency value ("<body hash> <job id>"), 9 idempotency TTL s,
+# 10 client ('' none), 11 most queued jobs of one client (0: no limit), 12 most queued jobs of
+# the model (0: no limit), 13 model. The per-model queued index counts jobs, not messages: a
+# cancelled job's message still in the list does not count.
 # Returns false when created, the idempotency key's value (an earlier job), or
 # {limit name, current count} when a limit refuses the job (nothing written then).
 _CREATE = """#!lua
@@ -114,9 +120,9 @@ if KEYS[5] ~= '' then
   if earlier then return earlier end
 end
 local id, client = ARGV[7], ARGV[10]
+local waiting = ARGV[6] .. 'model:' .. ARGV[13] .. ':queued'
 if ARGV[12] ~= '0' then
-  local depth = 0
-  for i = 6, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
+  local depth = redis.call('ZCARD', waiting)
   if depth >= tonumber(ARGV[12]) then return {'queue_depth', depth} end
 end
 local own = ARGV[6] .. 'client:' .. client .. ':'
@@ -125,7 +131,8 @@ if client ~= '' and ARGV[11] ~= '0' then
   if queued >= tonumber(ARGV[11]) then return {'queued_per_client', queued} end
 end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[9]) end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'job', ARGV[1], 'run', '0')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'job', ARGV[1], 'run', '0', 'model', ARGV[13])
+redis.call('ZADD', waiting, ARGV[3], id)
 if client ~= '' then
   redis.call('HSET', KEYS[1], 'client', client)
   redis.call('ZADD', own .. 'all', ARGV[3], id)
@@ -389,14 +396,7 @@ class AsyncJobStore:
             client, key, body_hash, idem_ttl = idempotency
             idem_key, idem_value = idempotency_key(client, key), f"{body_hash} {job.id}"
         earlier = await self._create(
-            keys=[
-                job_key(job.id),
-                ALL_INDEX,
-                DEADLINES,
-                queue_list,
-                idem_key,
-                *queue_lists(job.model),
-            ],
+            keys=[job_key(job.id), ALL_INDEX, DEADLINES, queue_list, idem_key],
             args=[
                 record,
                 self._ttl_s,
@@ -410,6 +410,7 @@ class AsyncJobStore:
                 job.client or "",
                 limits[0],
                 limits[1],
+                job.model,
             ],
         )
         if isinstance(earlier, list):

@@ -257,7 +257,9 @@ async def cancel_job(
         409: {"description": "Only failed, cancelled or expired jobs can be retried."},
     },
 )
-async def retry_job(job_id: str, store: StoreDep, caller: CallerDep) -> Response:
+async def retry_job(
+    job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep
+) -> Response:
     """Queue a failed, cancelled or expired job again (same id; `attempts` starts over,
     `retries` counts this). Also how a dead letter is re-queued."""
     job = await store.get(job_id, caller.scope)
@@ -274,6 +276,7 @@ async def retry_job(job_id: str, store: StoreDep, caller: CallerDep) -> Response
             f"job {job_id}'s deadline ({job.deadline}) has passed; submit it again with a new one",
             status=job.status.value,
         )
+    await service.check_caps(store, settings, caller, job.model)  # as a new job would be
     current = await store.apply(lifecycle.retry(job))
     if current is not None:
         if not current:

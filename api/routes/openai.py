@@ -200,10 +200,11 @@ async def _answer(
             await _cancel(store, ids)
             return Response(status_code=499)
     except redis.exceptions.RedisError as exc:
+        log.warning("job store failed while jobs %s ran: %s", ids, exc)
         await _cancel_quietly(store, ids)
         raise JobsInFlight(
-            f"the job store failed while the request's jobs ran ({exc}); they were cancelled "
-            f"where possible: {', '.join(ids)}"
+            "the job store failed while the request's jobs ran; they were cancelled where "
+            f"possible: {', '.join(ids)}"
         ) from None
     outcomes = [outcome(job, job_id) for job, job_id in zip(finished, ids, strict=True)]
     if any(o.error is not None for o in outcomes):

@@ -136,7 +136,14 @@ def test_queued_jobs_per_key_and_queue_depth_are_capped(redis_client, redis_url)
         full = client.post("/v1/jobs", json={"prompt": "x"}, headers=_h(BOB))
         assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
         assert full.headers["retry-after"]
-    assert redis_client.zcard("structq:index:all") == 3  # the refused ones wrote nothing
+        assert redis_client.zcard("structq:index:all") == 3  # the refused ones wrote nothing
+        # The depth counts queued jobs, not messages: a cancelled job frees its place...
+        first = client.get("/v1/jobs", headers=_h(ROOT)).json()["data"][-1]["id"]
+        assert client.post(f"/v1/jobs/{first}/cancel", headers=_h(ROOT)).status_code == 200
+        assert client.post("/v1/jobs", json={"prompt": "x"}, headers=_h(BOB)).status_code == 202
+        # ...and a retry is held to the same caps as a new job.
+        retried = client.post(f"/v1/jobs/{first}/retry", headers=_h(ROOT))
+        assert retried.status_code == 503 and retried.json()["error"]["code"] == "queue_full"
 
 
 def test_an_oversized_body_is_413_before_anything_reads_it(secured):
@@ -255,3 +262,37 @@ def test_a_prompt_longer_than_the_context_is_422_naming_both_numbers(redis_clien
             "/v1/jobs", json={"prompt": "word " * 20, "sampling": {"max_tokens": 10}}
         )
         assert fits.status_code == 202
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"anyOf": [schema]}
+    return schema
+
+
+_SELF_REF = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "object", "properties": {"b": {"$ref": "#/properties/a"}}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "output_type",
+    [
+        {"type": "json_schema", "schema": _nested(150)},
+        {"type": "json_schema", "schema": {"type": "string", "$defs": [1]}},
+        {"type": "regex", "pattern": "(" * 500 + "a" + ")" * 500},
+        {"type": "grammar", "grammar": "start: " + " ".join(f'"t{i}"' for i in range(4000))},
+        {"type": "json_schema", "schema": _SELF_REF},
+    ],
+    ids=["deep-anyof", "defs-list", "deep-regex", "huge-grammar", "self-ref-property"],
+)
+def test_hostile_specs_are_4xx_never_500(secured, output_type):
+    response = secured.post(
+        "/v1/jobs", json={"prompt": "x", "output_type": output_type}, headers=_h(ALICE)
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert "Traceback" not in response.text and "File " not in response.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from scripts.seed_jobs import CHARACTER_SCHEMA
@@ -10,9 +11,14 @@ from tests.e2e.conftest import run, submit, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def test_engine_rejection_fails_that_job_and_the_next_one_succeeds(api):
+def test_engine_rejection_fails_that_job_and_the_next_one_succeeds(stack, api):
+    # The gateway refuses a prompt longer than the context itself (tests/e2e/test_security.py);
+    # one configured with a larger context than the worker serves lets it through to the
+    # engine, which must reject it without harm to the next job.
+    _, lax_url = stack.start_extra_gateway({"STRUCTQ_MAX_MODEL_LEN": "8192"}, name="gateway-lax")
     too_long = "word " * 3000  # longer than the worker's 2048-token context
-    rejected_id = submit(api, {"prompt": too_long, "sampling": {"max_tokens": 4}})
+    with httpx.Client(base_url=lax_url, timeout=30) as lax:
+        rejected_id = submit(lax, {"prompt": too_long, "sampling": {"max_tokens": 4}})
     next_id = submit(api, {"prompt": "Hello", "sampling": {"max_tokens": 4}})
     jobs = wait_for(api, [rejected_id, next_id])
     rejected = jobs[rejected_id]
