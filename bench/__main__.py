@@ -53,10 +53,21 @@ def _tokens(job: dict[str, Any]) -> int:
     return usage.get("completion_tokens", 0)
 
 
-async def _post(client: httpx.AsyncClient, body: Body) -> str:
+async def _submit(client: httpx.AsyncClient, body: Body) -> tuple[str, int]:
+    """Submit a job as a well-behaved client does: a 503 with Retry-After (the gateway's compile
+    checks or queue busy) is retried after that long, a few times. The id and the retries."""
+    retries = 0
     response = await client.post("/v1/jobs", json=body)
+    while response.status_code == 503 and "retry-after" in response.headers and retries < 20:
+        retries += 1
+        await asyncio.sleep(float(response.headers["retry-after"]))
+        response = await client.post("/v1/jobs", json=body)
     response.raise_for_status()
-    return response.json()["id"]
+    return response.json()["id"], retries
+
+
+async def _post(client: httpx.AsyncClient, body: Body) -> str:
+    return (await _submit(client, body))[0]
 
 
 async def _result(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
@@ -79,7 +90,8 @@ async def structq_burst(api_url: str, bodies: list[Body], label: str) -> dict[st
     """POST every job at once, then wait for every result; wall time to the last result."""
     async with _client(api_url, len(bodies) + 8) as client:
         started = time.perf_counter()
-        ids = await asyncio.gather(*(_post(client, body) for body in bodies))
+        submitted = await asyncio.gather(*(_submit(client, body) for body in bodies))
+        ids = [job_id for job_id, _ in submitted]
         with tqdm(total=len(ids), desc=f"structq {label}", leave=False, file=sys.stderr) as bar:
 
             async def finish(job_id: str) -> tuple[dict[str, Any], float]:
@@ -99,6 +111,7 @@ async def structq_burst(api_url: str, bodies: list[Body], label: str) -> dict[st
         "tokens": tokens,
         "tokens_per_s": tokens / wall,
         "max_batch": max((job["engine"] or {}).get("max_batch", 0) for job in jobs),
+        "submit_retries_503": sum(retries for _, retries in submitted),
     }
 
 
