@@ -1,16 +1,20 @@
 """The baseline: raw vLLM offline (``vllm.LLM.generate``, the seeds' "offline batched
 inference"), with the worker's own engine settings and request translation.
 
-Run by the benchmark in a process of its own, so that only one engine holds the machine at a
-time: ``python -m bench.baseline PLAN.json RESULTS.json``.
+It runs in a process of its own for the whole benchmark, beside the worker, and does one thing
+at a time when the benchmark asks (``RawEngine``): each raw run sits next to the structq run
+of the same workload, so the two sides share the machine's state of the moment (its speed
+drifts by tens of percent over minutes here). An idle vLLM engine waits on its queue and takes
+no CPU, so only one engine works at a time.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import sys
+import contextlib
+import multiprocessing
+import os
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,19 @@ Body = dict[str, Any]
 
 
 class Baseline:
-    def __init__(self) -> None:
+    def __init__(self, share: float) -> None:
+        """``share``: the part of the engine's default memory this one takes (two engines are
+        resident, this one and the worker's, which is given the same figure)."""
         from vllm import LLM
 
         settings = WorkerSettings.load()
         model_path = settings.model_path or prepare_default_model(settings.cache_dir)
+        kwargs = engine_kwargs(settings, model_path)
+        if settings.gpu_memory_utilization is None:
+            kwargs["gpu_memory_utilization"] = round(kwargs["gpu_memory_utilization"] * share, 3)
+        self.gpu_memory_utilization: float = kwargs["gpu_memory_utilization"]
         started = time.perf_counter()
-        self.llm = LLM(**engine_kwargs(settings, model_path))
+        self.llm = LLM(**kwargs)
         self.cold_start_s = time.perf_counter() - started
         self._tokenizer = self.llm.get_tokenizer()
 
@@ -74,27 +84,73 @@ class Baseline:
         return times
 
 
-def main(plan_path: str, out_path: str) -> None:
-    plan = json.loads(Path(plan_path).read_text())
-    baseline = Baseline()
-    results: dict[str, Any] = {"cold_start_s": baseline.cold_start_s, "burst": {}, "schema": {}}
-    baseline.burst(plan["warmup"])
-    for name, bodies in plan["burst"].items():
-        print(f"[baseline] {name}: {len(bodies)} requests", file=sys.stderr, flush=True)
-        results["burst"][name] = baseline.burst(bodies)
-    latency = baseline.single(plan["latency"]["body"], plan["latency"]["repeats"])
-    results["latency"] = {"samples_s": latency, "p50_s": statistics.median(latency)}
-    for name, bodies in plan["schema"].items():
-        print(f"[baseline] {name}: {len(bodies)} requests", file=sys.stderr, flush=True)
-        results["schema"][name] = baseline.burst(bodies)
-    fresh = [baseline.single(body, 1)[0] for body in plan["fresh_schema"]]
-    known = baseline.single(plan["fresh_schema"][0], len(fresh))
-    results["fresh_schema"] = {
-        "new_schema_p50_s": statistics.median(fresh),
-        "known_schema_p50_s": statistics.median(known),
-    }
-    Path(out_path).write_text(json.dumps(results, indent=2))
+def serve(conn: Connection, log_path: str, share: float) -> None:
+    """The raw engine's process: build it, say so, then run what the benchmark sends
+    (``("burst", bodies)`` or ``("single", (body, repeats))``) until it sends None."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)  # vLLM logs to stdout: keep it off the benchmark's table
+    os.dup2(log, 2)
+    baseline = Baseline(share)
+    conn.send(
+        {
+            "cold_start_s": baseline.cold_start_s,
+            "gpu_memory_utilization": baseline.gpu_memory_utilization,
+        }
+    )
+    try:
+        while (request := conn.recv()) is not None:
+            kind, args = request
+            conn.send(baseline.burst(args) if kind == "burst" else baseline.single(*args))
+    finally:
+        # A multiprocessing child ends without running atexit hooks: vLLM would leave its
+        # EngineCore process behind.
+        baseline.llm.llm_engine.engine_core.shutdown()
 
 
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+class RawEngine:
+    """The parent's handle on the raw engine's process (spawned: vLLM's own EngineCore process
+    must not inherit a forked copy of the benchmark)."""
+
+    def __init__(self, log_path: Path, share: float = 0.5) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._log_path = log_path
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=serve, args=(child, str(log_path), share), name="raw-vllm", daemon=False
+        )
+        self._proc.start()
+        child.close()
+        ready = self._recv()
+        self.cold_start_s: float = ready["cold_start_s"]
+        self.gpu_memory_utilization: float = ready["gpu_memory_utilization"]
+
+    def _recv(self) -> Any:
+        try:
+            return self._conn.recv()
+        except EOFError:
+            log = self._log_path
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"the raw vLLM process stopped; its log ends:\n{tail}") from None
+
+    def burst(self, bodies: list[Body]) -> dict[str, float]:
+        self._conn.send(("burst", bodies))
+        return self._recv()
+
+    def single(self, body: Body, repeats: int = 1) -> list[float]:
+        self._conn.send(("single", (body, repeats)))
+        return self._recv()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._proc.join(60)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)
+        self._conn.close()
+
+    def __enter__(self) -> RawEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
