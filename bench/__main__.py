@@ -7,8 +7,8 @@
    beside the raw engine's time for the same request.
 
 Both engines stay resident (each with half its default memory) and take turns: every raw
-measurement runs right before or after its structq twin, so drift in the machine's speed over
-the run falls on both sides alike.
+measurement runs right before or after its structq twin (once the other engine is quiet), so
+drift in the machine's speed over the run falls on both sides alike.
 4. The gateway alone (no worker) under ``wrk``, beside a bare FastAPI endpoint.
 5. One JSON Schema for 500 jobs, a new schema for each of 500 jobs, and plain text.
 
@@ -292,14 +292,25 @@ def _latency_figures(samples: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+# vLLM's multiprocess executor keeps polling its shared-memory queue for 1 s after its last
+# message (shm_broadcast's busy_loop_s), a whole core on CPU: each side starts once the other
+# engine has gone quiet.
+_SETTLE_S = 1.5
+
+
+def _settled(run: Callable[[], _R]) -> _R:
+    time.sleep(_SETTLE_S)
+    return run()
+
+
 def _paired(i: int, raw: Callable[[], _R], ours: Callable[[], _T]) -> tuple[_R, _T]:
     """Run both sides of one measurement back to back, in turn first, so that neither always
     gets the machine as the other left it."""
     if i % 2 == 0:
-        first = raw()
-        return first, ours()
-    second = ours()
-    return raw(), second
+        first = _settled(raw)
+        return first, _settled(ours)
+    second = _settled(ours)
+    return _settled(raw), second
 
 
 def run_both(
