@@ -1,7 +1,8 @@
 """The benchmark runs end to end (at a tiny scale); its figures are not judged here.
 
-It starts its own engines (raw vLLM, then a worker), one at a time; this folder sorts before
-``tests/e2e`` so they are gone before the end-to-end stack starts its worker.
+It starts its own engines (raw vLLM and a worker, resident together with half the default
+memory each, working in turn); this folder sorts before ``tests/e2e`` so they are gone before
+the end-to-end stack starts its worker.
 """
 
 from __future__ import annotations
@@ -26,7 +27,19 @@ def _ratio_keys(node: object, path: str = "") -> list[str]:
     return found
 
 
+def _vllm_processes() -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if "(VLLM::" in stat.read_text():
+                found.add(int(stat.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_benchmark_runs_and_writes_its_figures(tmp_path: Path):
+    before = _vllm_processes()
     run = subprocess.run(
         [
             sys.executable,
@@ -44,6 +57,7 @@ def test_benchmark_runs_and_writes_its_figures(tmp_path: Path):
         timeout=1200,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert not _vllm_processes() - before, "the benchmark left vLLM engine processes running"
     assert "Burst throughput" in run.stdout and "Gateway alone" in run.stdout
     latest = json.loads((tmp_path / "latest.json").read_text())
     dated = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
