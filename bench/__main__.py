@@ -328,34 +328,44 @@ def run_both(
         with Stack(workdir / "stack", env=env) as stack:
             ours["cold_start_s"] = stack.worker_ready_s
             api = stack.api_url
+
+            def bursts(group: str) -> None:
+                for i, (name, bodies) in enumerate(plan[group].items()):
+                    base[group][name], ours[group][name] = _paired(
+                        i,
+                        lambda b=bodies: raw.burst(b),
+                        lambda b=bodies, n=name: asyncio.run(structq_burst(api, b, n)),
+                    )
+
+            def singles(bodies: list[Body]) -> tuple[list[float], list[tuple[float, float]]]:
+                """Each request alone on both sides: raw times, structq (total, engine) times."""
+                pairs = [
+                    _paired(
+                        i,
+                        lambda b=body: raw.single(b)[0],
+                        lambda b=body: asyncio.run(sequential_latency(api, b, 1))[0],
+                    )
+                    for i, body in enumerate(bodies)
+                ]
+                return [r for r, _ in pairs], [o for _, o in pairs]
+
             raw.burst(plan["warmup"])
             asyncio.run(structq_burst(api, plan["warmup"], "warmup"))
             phases.update(1)
 
             phases.set_postfix_str("bursts")
-            for i, (name, bodies) in enumerate(plan["burst"].items()):
-                base["burst"][name], ours["burst"][name] = _paired(
-                    i,
-                    lambda b=bodies: raw.burst(b),
-                    lambda b=bodies, n=name: asyncio.run(structq_burst(api, b, n)),
-                )
+            bursts("burst")
             phases.update(1)
 
             phases.set_postfix_str("latency")
-            body = plan["latency"]["body"]
-            pairs = [
-                _paired(
-                    i,
-                    lambda: raw.single(body)[0],
-                    lambda: asyncio.run(sequential_latency(api, body, 1))[0],
-                )
-                for i in range(plan["latency"]["repeats"])
-            ]
-            raw_times = [r for r, _ in pairs]
+            latency = plan["latency"]
+            raw_times, timed = singles([latency["body"]] * latency["repeats"])
             base["latency"] = {"samples_s": raw_times, "p50_s": statistics.median(raw_times)}
             ours["latency_sequential"] = {
-                **_latency_figures([o for _, o in pairs]),
-                "overhead_paired_p50_s": statistics.median(o[0] - r for r, o in pairs),
+                **_latency_figures(timed),
+                "overhead_paired_p50_s": statistics.median(
+                    total - r for r, (total, _) in zip(raw_times, timed, strict=True)
+                ),
             }
             capacity = ours["burst"]["text_256x64"]["tokens_per_s"] / 16  # 16-token jobs per s
             rate = capacity / 2
@@ -365,33 +375,17 @@ def run_both(
             phases.update(1)
 
             phases.set_postfix_str("schemas")
-            for i, (name, bodies) in enumerate(plan["schema"].items()):
-                base["schema"][name], ours["schema"][name] = _paired(
-                    i,
-                    lambda b=bodies: raw.burst(b),
-                    lambda b=bodies, n=name: asyncio.run(structq_burst(api, b, n)),
-                )
+            bursts("schema")
             probes = plan["fresh_schema"]
-            fresh = [
-                _paired(
-                    i,
-                    lambda b=body: raw.single(b)[0],
-                    lambda b=body: asyncio.run(sequential_latency(api, b, 1))[0][0],
-                )
-                for i, body in enumerate(probes)
-            ]
-            known = [
-                _paired(
-                    i,
-                    lambda: raw.single(probes[0])[0],
-                    lambda: asyncio.run(sequential_latency(api, probes[0], 1))[0][0],
-                )
-                for i in range(len(probes))
-            ]
-            for side, result in ((0, base), (1, ours)):
+            raw_fresh, our_fresh = singles(probes)
+            raw_known, our_known = singles([probes[0]] * len(probes))
+            for result, fresh, known in (
+                (base, raw_fresh, raw_known),
+                (ours, [t for t, _ in our_fresh], [t for t, _ in our_known]),
+            ):
                 result["fresh_schema"] = {
-                    "new_schema_p50_s": statistics.median(pair[side] for pair in fresh),
-                    "known_schema_p50_s": statistics.median(pair[side] for pair in known),
+                    "new_schema_p50_s": statistics.median(fresh),
+                    "known_schema_p50_s": statistics.median(known),
                 }
             phases.update(1)
     return base, ours
