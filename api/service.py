@@ -192,14 +192,7 @@ async def submit(
     created = await store.create(job, where, message, idempotency, limits)
     if created.refused is not None:
         limit, count = created.refused
-        if limit == "queue_depth":
-            raise QueueFull(
-                f"the queue of {model} holds {count} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
-            )
-        raise TooManyQueued(
-            f"key {caller.name!r} has {count} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
-            "once some have started"
-        )
+        raise _refusal(limit, count, model, caller)
     if created.record is not None:
         return Submitted(job.id, created.record, created=True)
     assert idempotency is not None and created.earlier_id is not None
@@ -228,14 +221,21 @@ async def check_caps(
         pipe.zcard(client_index(caller.owner or "", JobStatus.QUEUED.value))
         depth, mine = await pipe.execute()
     if settings.max_queue_depth and depth >= settings.max_queue_depth:
-        raise QueueFull(
-            f"the queue of {model} holds {depth} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
-        )
+        raise _refusal("queue_depth", depth, model, caller)
     if caller.owner and settings.max_queued_per_key and mine >= settings.max_queued_per_key:
-        raise TooManyQueued(
-            f"key {caller.name!r} has {mine} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
-            "once some have started"
+        raise _refusal("queued_per_client", mine, model, caller)
+
+
+def _refusal(limit: str, count: int, model: str, caller: Caller) -> StructqError:
+    """The error for a cap that refuses a job (``limit`` as the create script names it)."""
+    if limit == "queue_depth":
+        return QueueFull(
+            f"the queue of {model} holds {count} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
         )
+    return TooManyQueued(
+        f"key {caller.name!r} has {count} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
+        "once some have started"
+    )
 
 
 async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
