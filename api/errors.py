@@ -7,6 +7,8 @@ list of field problems) for a request that failed validation. Nothing else leaks
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -15,7 +17,13 @@ from fastapi.responses import JSONResponse
 
 from shared.errors import ServiceUnavailable, StructqError
 
-__all__ = ["install_error_handlers", "invalid_field", "openai_error", "openai_error_response"]
+__all__ = [
+    "install_error_handlers",
+    "invalid_field",
+    "openai_error",
+    "openai_error_response",
+    "validation_detail",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +78,18 @@ def _openai_response(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    detail = [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
-    ]
+def validation_detail(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """A validation failure as the API reports it: a one-line summary, and each field's
+    problem (``detail``)."""
+    detail = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in errors]
     summary = "; ".join(
         f"{'.'.join(str(p) for p in d['loc'] if p != 'body') or 'body'}: {d['msg']}" for d in detail
     )
+    return summary, detail
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    summary, detail = validation_detail(exc.errors())
     if _openai_route(request):
         param = ".".join(str(p) for p in detail[0]["loc"] if p != "body") if detail else None
         return _openai_response(422, summary, "invalid_request", param or None, retryable=False)

@@ -2,10 +2,17 @@
 
 - A queued job past its deadline becomes ``expired`` even when no worker is there to see it
   (a pool scaled to zero, a backed-up queue).
-- A running job whose worker's heartbeat key is gone (the worker was SIGKILLed, its machine
-  died) is queued again with a fresh message, or, after ``max_attempts`` runs, fails
-  ``max_attempts_exceeded`` into the dead-letter list. Celery would re-deliver the message
-  only after its visibility timeout (longer than any job may run); this takes a heartbeat TTL.
+- A running job whose worker's heartbeat is gone (the worker was SIGKILLed, its machine died)
+  is queued again with a fresh message, or, after ``max_attempts`` runs, fails
+  ``max_attempts_exceeded`` into the dead-letter list. A worker counts as gone once this
+  janitor has seen its heartbeat missing for STRUCTQ_ORPHAN_GRACE_S while itself connected to
+  Redis: heartbeats that lapsed during a Redis outage or failover are given that long to come
+  back, so a live worker's jobs are never run twice. Celery would re-deliver the message only
+  after its visibility timeout (longer than any job may run).
+- A queued job whose task message is in no queue and not held by a consumer that took it
+  within the grace (a worker SIGKILLed after taking it, a pop whose reply a Redis restart
+  lost) is given a fresh message, once: seen so in two rounds in a row, then re-queued by a
+  guarded change that checks its message is still the lost one.
 - Index entries older than the records' TTL are dropped.
 
 It runs in the gateway because the gateway always runs, while worker pools may scale to zero.
@@ -27,11 +34,15 @@ from shared.jobs import JobStatus
 from shared.keys import (
     ALL_INDEX,
     DEADLINES,
+    JANITOR_LOCK,
     JOB_PREFIX,
-    WORKER_PREFIX,
+    WORKERS_INDEX,
     client_index,
     model_queued_index,
+    queue_lists,
     status_index,
+    worker_jobs_key,
+    worker_key,
 )
 from shared.store import AsyncJobStore
 
@@ -39,7 +50,6 @@ __all__ = ["Janitor"]
 
 log = logging.getLogger(__name__)
 
-_LOCK = "structq:janitor"
 _BATCH = 500
 _TRIM_EVERY_S = 60.0
 
@@ -52,7 +62,13 @@ class Janitor:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._trimmed_at = 0.0
+        self._reconciled_at = 0.0
         self._me = f"{os.getpid()}-{id(self)}"
+        # Workers seen without a heartbeat: since when (monotonic), in rounds this process
+        # reached Redis in. Forgotten whenever a round fails: an outage is no evidence.
+        self._missing_since: dict[str, float] = {}
+        # Queued jobs whose message was nowhere in the last reconciliation: job id -> tag.
+        self._lost: dict[str, str] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="structq-janitor")
@@ -71,60 +87,131 @@ class Janitor:
         interval = self._settings.janitor_interval_s
         while not self._stopping.is_set():
             try:
+                await self._observe_workers()
                 lock_ms = max(1, int(interval * 1000 * 0.9))
-                if await self._redis.set(_LOCK, self._me, nx=True, px=lock_ms):
+                if await self._redis.set(JANITOR_LOCK, self._me, nx=True, px=lock_ms):
                     await self.sweep()
             except Exception as exc:  # Redis down or a bad record: try again next round
+                self._missing_since.clear()
+                self._lost.clear()
                 log.warning("janitor round failed: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
+    async def _observe_workers(self) -> None:
+        """Note which workers hold claimed jobs without a heartbeat, and since when."""
+        members = [m.decode() for m in await self._redis.zrange(WORKERS_INDEX, 0, -1)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker in members:
+                pipe.exists(worker_key(worker))
+                pipe.exists(worker_jobs_key(worker))
+            flags = await pipe.execute()
+        now = time.monotonic()
+        missing = set()
+        for worker, alive, claimed in zip(members, flags[::2], flags[1::2], strict=True):
+            if alive:
+                continue
+            if claimed:
+                missing.add(worker)
+            else:  # gone, and nothing of it left to recover
+                await self._redis.zrem(WORKERS_INDEX, worker)
+        for worker in list(self._missing_since):
+            if worker not in missing:
+                del self._missing_since[worker]
+        for worker in missing:
+            self._missing_since.setdefault(worker, now)
+
+    def _gone(self, owner: str | None) -> bool:
+        since = self._missing_since.get(owner or "")
+        return since is not None and time.monotonic() - since >= self._settings.orphan_grace_s
+
     async def sweep(self) -> dict[str, int]:
-        """One round; how many jobs it expired and recovered."""
+        """One round; how many jobs it expired, recovered and re-sent."""
         expired = await self._expire_overdue()
         recovered = await self._recover_orphans()
+        resent = 0
+        if time.monotonic() - self._reconciled_at >= self._settings.reconcile_interval_s:
+            resent = await self._reconcile()
+            self._reconciled_at = time.monotonic()
         if time.monotonic() - self._trimmed_at > _TRIM_EVERY_S:
             await self._trim_indexes()
             self._trimmed_at = time.monotonic()
-        return {"expired": expired, "recovered": recovered}
+        return {"expired": expired, "recovered": recovered, "resent": resent}
 
     async def _expire_overdue(self) -> int:
         due = await self._redis.zrangebyscore(DEADLINES, "-inf", time.time(), start=0, num=_BATCH)
-        count = 0
-        for member in due:
-            job_id = member.decode()
-            job = await self._store.get(job_id)
+        ids = [member.decode() for member in due]
+        changes = []
+        for job_id, job in zip(ids, await self._store.get_many(ids), strict=True):
             if job is None or job.status is not JobStatus.QUEUED:
                 await self._redis.zrem(DEADLINES, job_id)
                 continue
-            if await self._store.apply(lifecycle.expire(job)) is None:
-                count += 1
-        return count
+            changes.append(lifecycle.expire(job))
+        return sum(outcome is None for outcome in await self._store.apply_many(changes))
 
     async def _recover_orphans(self) -> int:
-        running = [m.decode() for m in await self._redis.zrange(status_index("running"), 0, -1)]
-        if not running:
-            return 0
-        live = {
-            key.decode().removeprefix(WORKER_PREFIX)
-            async for key in self._redis.scan_iter(match=f"{WORKER_PREFIX}*", count=1000)
-        }
         count = 0
-        for job_id, (owner, run) in zip(running, await self._store.owners(running), strict=True):
-            if owner in live:
-                continue
-            job = await self._store.get(job_id)
-            if job is None:
-                await self._redis.zrem(status_index("running"), job_id)
-                continue
-            if job.status is not JobStatus.RUNNING or str(job.attempts) != run:
-                continue
-            reason = f"worker {owner} stopped while running it (no heartbeat)"
-            change = lifecycle.fail_or_requeue(job, self._settings.max_attempts, reason)
-            if await self._store.apply(change) is None:
-                count += 1
-                log.warning("job %s: %s; %s", job_id, reason, change.job.status.value)
+        for worker in [w for w in self._missing_since if self._gone(w)]:
+            ledger = worker_jobs_key(worker)
+            claimed = {
+                k.decode(): v.decode() for k, v in (await self._redis.hgetall(ledger)).items()
+            }
+            jobs = await self._store.get_many(list(claimed))
+            changes = []
+            for (job_id, run), job in zip(claimed.items(), jobs, strict=True):
+                if job is None or job.status is not JobStatus.RUNNING:
+                    await self._redis.hdel(ledger, job_id)  # its record expired meanwhile
+                    continue
+                reason = f"worker {worker} stopped while running it (no heartbeat)"
+                changes.append(
+                    lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, reason)
+                )
+            for change, outcome in zip(changes, await self._store.apply_many(changes), strict=True):
+                assert change.job is not None
+                if outcome is None:
+                    count += 1
+                    log.warning(
+                        "job %s: worker %s stopped while running it (no heartbeat); %s",
+                        change.job.id,
+                        worker,
+                        change.job.status.value,
+                    )
         return count
+
+    async def _reconcile(self) -> int:
+        """Give a fresh message to queued jobs whose message is lost (see the module)."""
+        grace_s = self._settings.orphan_grace_s
+        lost: dict[str, str] = {}
+        for model in self._settings.models:
+            horizon_ms = (time.time() - grace_s) * 1000
+            waiting = await self._redis.zrangebyscore(model_queued_index(model), "-inf", horizon_ms)
+            if not waiting:
+                continue
+            ids = [m.decode() for m in waiting]
+            queued, taken = await self._store.messages(queue_lists(model))
+            cutoff = time.time() - grace_s
+            for job_id, tag in zip(ids, await self._store.message_tags(ids), strict=True):
+                if tag is None or tag in queued or taken.get(tag, 0.0) > cutoff:
+                    continue
+                lost[job_id] = tag
+        confirmed = {job_id: tag for job_id, tag in lost.items() if self._lost.get(job_id) == tag}
+        self._lost = lost
+        if not confirmed:
+            return 0
+        changes = []
+        taken_after_ms = int((time.time() - grace_s) * 1000)
+        for job in await self._store.get_many(list(confirmed)):
+            if job is not None and job.status is JobStatus.QUEUED:
+                changes.append(lifecycle.reenqueue(job, confirmed[job.id], taken_after_ms))
+        outcomes = await self._store.apply_many(changes)
+        resent = 0
+        for change, outcome in zip(changes, outcomes, strict=True):
+            assert change.job is not None
+            if outcome is None:
+                resent += 1
+                self._lost.pop(change.job.id, None)
+                log.warning("job %s: its task message was lost; queued a fresh one", change.job.id)
+        return resent
 
     async def _trim_indexes(self) -> None:
         settings = self._settings

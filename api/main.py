@@ -17,7 +17,7 @@ from api.auth import KeyRing, rate_script
 from api.errors import install_error_handlers
 from api.janitor import Janitor
 from api.limits import BodyLimit
-from api.routes import admin, health, jobs, openai
+from api.routes import admin, bulk, health, jobs, openai
 from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.warning("STRUCTQ_INSECURE_NO_AUTH: no API keys, every caller is an admin")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    app.include_router(bulk.router)
     app.include_router(jobs.router)
     app.include_router(openai.router)
     app.include_router(admin.router)

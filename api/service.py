@@ -14,30 +14,39 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api.auth import Caller
 from api.compile_check import CompileChecker
-from api.errors import invalid_field
+from api.errors import invalid_field, validation_detail
 from api.settings import ApiSettings
 from api.spec_limits import SpecTooLarge, check_spec
 from api.tokens import PromptCounter
 from api.waiters import CompletionWaiters
 from shared import lifecycle
-from shared.errors import Conflict, StructqError
+from shared.errors import Conflict, ErrorCode, StructqError
 from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
 from shared.keys import client_index, model_queued_index
-from shared.store import AsyncJobStore, is_terminal
+from shared.store import AsyncJobStore, Created, NewJob, is_terminal
 from shared.webhooks import UnsafeUrl, resolve_checked
 
 __all__ = [
     "Admission",
+    "ItemOutcome",
     "QueueFull",
     "Submitted",
     "TooManyQueued",
     "cancel",
     "check_caps",
+    "item_error",
+    "prepare",
     "submit",
+    "submit_many",
     "wait_all",
+    "wait_any",
 ]
 
 
@@ -51,7 +60,7 @@ class Submitted:
 class QueueFull(StructqError):
     """The model's queue is deeper than STRUCTQ_MAX_QUEUE_DEPTH: come back later."""
 
-    code = "queue_full"
+    code = ErrorCode.QUEUE_FULL
     http_status = 503
     retryable = True
     headers = {"Retry-After": "10"}  # noqa: RUF012
@@ -60,7 +69,7 @@ class QueueFull(StructqError):
 class TooManyQueued(StructqError):
     """The key already has STRUCTQ_MAX_QUEUED_PER_KEY jobs waiting."""
 
-    code = "too_many_queued"
+    code = ErrorCode.TOO_MANY_QUEUED
     http_status = 429
     retryable = True
     headers = {"Retry-After": "5"}  # noqa: RUF012
@@ -134,19 +143,18 @@ class Admission:
         return body
 
 
-async def submit(
-    store: AsyncJobStore,
+async def prepare(
     settings: ApiSettings,
     body: JobCreate,
     caller: Caller,
     idempotency_key: str | None = None,
     admission: Admission | None = None,
     fit_max_tokens: bool = False,
-) -> Submitted:
-    """Check a job against this deployment, store it ``queued`` and enqueue it, atomically.
-    Every refusal is a 4xx (or 503 for a full queue) before anything is stored.
-    ``fit_max_tokens``: lower max_tokens to what the model's context leaves after the prompt
-    (the OpenAI routes' default when a request gives none, as vLLM's server does)."""
+) -> NewJob:
+    """Check a job against this deployment and build its record: every refusal is a 4xx
+    before anything is stored. ``fit_max_tokens``: lower max_tokens to what the model's
+    context leaves after the prompt (the OpenAI routes' default when a request gives none, as
+    vLLM's server does)."""
     if body.sampling.max_tokens > settings.max_tokens_limit:
         raise invalid_field(
             ("body", "sampling", "max_tokens"),
@@ -175,40 +183,148 @@ async def submit(
         raise invalid_field(("body", "deadline"), f"deadline {deadline} has already passed")
     # Fields are handed over as validated objects: pydantic does not check them a second time.
     fields = {name: getattr(body, name) for name in JobCreate.model_fields}
-    job = Job(
-        **{**fields, "model": model, "deadline": deadline},
-        id=str(uuid.uuid4()),
-        created_at=now,
-        client=caller.owner,
+    job = Job.model_construct(
+        **{
+            **_JOB_DEFAULTS,
+            **fields,
+            "model": model,
+            "deadline": deadline,
+            "id": str(uuid.uuid4()),
+            "created_at": now,
+            "client": caller.owner,
+        }
     )
-    where, message = lifecycle.enqueue_message(job)
     idempotency = None
     if idempotency_key is not None:
         if not idempotency_key:
             raise invalid_field(("header", "idempotency-key"), "must not be empty")
         body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        idempotency = (caller.name, idempotency_key, body_hash, settings.idempotency_ttl_s)
-    limits = (settings.max_queued_per_key if caller.owner else 0, settings.max_queue_depth)
-    created = await store.create(job, where, message, idempotency, limits)
+        idempotency = (caller.name, idempotency_key, body_hash)
+    return NewJob(job, idempotency)
+
+
+# The stored job's own fields, at their values for a new job (``Job.model_construct`` fills
+# in no defaults of its own for fields it is not given).
+_JOB_DEFAULTS = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in Job.model_fields.items()
+    if name not in JobCreate.model_fields and not field.is_required()
+}
+
+
+async def submit(
+    store: AsyncJobStore,
+    settings: ApiSettings,
+    body: JobCreate,
+    caller: Caller,
+    idempotency_key: str | None = None,
+    admission: Admission | None = None,
+    fit_max_tokens: bool = False,
+) -> Submitted:
+    """Check a job, store it ``queued`` and enqueue it, atomically. Every refusal is a 4xx (or
+    503 for a full queue) before anything is stored."""
+    new = await prepare(settings, body, caller, idempotency_key, admission, fit_max_tokens)
+    created = (await store.create_many([new], _caps(settings, caller), _idem_ttl(settings)))[0]
+    return await _outcome(store, new, created, caller, idempotency_key)
+
+
+def _caps(settings: ApiSettings, caller: Caller) -> tuple[int, int]:
+    return (settings.max_queued_per_key if caller.owner else 0, settings.max_queue_depth)
+
+
+def _idem_ttl(settings: ApiSettings) -> int:
+    return settings.idempotency_ttl_s
+
+
+async def _outcome(
+    store: AsyncJobStore, new: NewJob, created: Created, caller: Caller, key: str | None
+) -> Submitted:
+    """What creating ``new`` came to: the job stored, the Idempotency-Key's earlier job, or
+    the refusal (raised)."""
+    job = new.job
     if created.refused is not None:
         limit, count = created.refused
-        raise _refusal(limit, count, model, caller)
+        raise _refusal(limit, count, job.model, caller)
     if created.record is not None:
         return Submitted(job.id, created.record, created=True)
-    assert idempotency is not None and created.earlier_id is not None
-    if created.earlier_hash != idempotency[2]:
+    assert new.idempotency is not None and created.earlier_id is not None
+    if created.earlier_hash != new.idempotency[2]:
         raise invalid_field(
             ("header", "idempotency-key"),
-            f"Idempotency-Key {idempotency_key!r} was used with a different request body "
+            f"Idempotency-Key {key!r} was used with a different request body "
             f"(job {created.earlier_id}); use a new key for a new job",
         )
     _, raw = await store.get_raw(created.earlier_id, caller.scope)
     if raw is None:
         raise Conflict(
-            f"Idempotency-Key {idempotency_key!r} created job {created.earlier_id}, which has "
+            f"Idempotency-Key {key!r} created job {created.earlier_id}, which has "
             "since been deleted; use a new key"
         )
     return Submitted(created.earlier_id, raw, created=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What ``POST /v1/jobs/batch`` did with one body: the HTTP status a single ``POST
+    /v1/jobs`` of it would have had, and its job id or its error body."""
+
+    status: int
+    job_id: str | None = None
+    error: dict[str, Any] | None = None
+    detail: list[dict[str, Any]] | None = None  # a validation failure's field problems
+
+
+# Jobs stored per script call: a call holds Redis for its whole length.
+_CHUNK = 100
+
+
+async def submit_many(
+    store: AsyncJobStore,
+    settings: ApiSettings,
+    items: list[tuple[JobCreate | Exception, str | None]],
+    caller: Caller,
+    admission: Admission | None = None,
+) -> list[ItemOutcome]:
+    """Many jobs, each checked and stored (or refused) on its own, as ``submit`` would; a
+    failed item never stops the others. ``items``: each body (or why it is not one) and its
+    Idempotency-Key. Stored in chunks of one script call each."""
+    outcomes: list[ItemOutcome | None] = [None] * len(items)
+    prepared: list[tuple[int, NewJob, str | None]] = []
+    for index, (body, key) in enumerate(items):
+        if isinstance(body, Exception):
+            outcomes[index] = item_error(body)
+            continue
+        try:
+            prepared.append((index, await prepare(settings, body, caller, key, admission), key))
+        except (StructqError, RequestValidationError) as exc:
+            outcomes[index] = item_error(exc)
+    caps, ttl = _caps(settings, caller), _idem_ttl(settings)
+    for start in range(0, len(prepared), _CHUNK):
+        chunk = prepared[start : start + _CHUNK]
+        created = await store.create_many([new for _, new, _ in chunk], caps, ttl)
+        for (index, new, key), done in zip(chunk, created, strict=True):
+            if done.record is not None:
+                outcomes[index] = ItemOutcome(202, new.job.id)
+                continue
+            try:
+                submitted = await _outcome(store, new, done, caller, key)
+            except (StructqError, RequestValidationError) as exc:
+                outcomes[index] = item_error(exc)
+            else:
+                outcomes[index] = ItemOutcome(200, submitted.job_id)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def item_error(exc: Exception) -> ItemOutcome:
+    """One batch item's refusal, with the body a single request would have got."""
+    if isinstance(exc, RequestValidationError | ValidationError):
+        summary, detail = validation_detail(exc.errors())
+        error = {"code": ErrorCode.INVALID_REQUEST.value, "message": summary}
+        return ItemOutcome(422, error=error, detail=detail)
+    if isinstance(exc, StructqError):
+        error = {"code": exc.code.value, "message": exc.message, **exc.extra}
+        return ItemOutcome(exc.http_status, error=error)
+    raise exc
 
 
 async def check_caps(
@@ -251,6 +367,35 @@ async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
     if status == JobStatus.RUNNING:
         return await store.request_cancel(job.id) or ""
     return status
+
+
+async def wait_any(
+    store: AsyncJobStore,
+    waiters: CompletionWaiters,
+    job_ids: list[str],
+    timeout_s: float,
+    linger_s: float,
+    scope: str | None,
+) -> tuple[list[bytes], list[str], list[str]]:
+    """The public records of those of ``job_ids`` that are finished, once at least one is (and
+    ``linger_s`` more has passed), or after ``timeout_s``; with the ids still pending and the
+    unknown ones (or, with ``scope``, another client's)."""
+    async with waiters.watch_any(job_ids) as finished:
+        statuses = await store.statuses(job_ids, scope)
+        waiting = any(s is not None for s in statuses)  # unknown ids never finish
+        if timeout_s > 0 and waiting and not any(is_terminal(s) for s in statuses):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=timeout_s)
+                if linger_s > 0:
+                    await asyncio.sleep(linger_s)
+            statuses = await store.statuses(job_ids, scope)
+    done = [i for i, s in zip(job_ids, statuses, strict=True) if is_terminal(s)]
+    pending = [
+        i for i, s in zip(job_ids, statuses, strict=True) if s is not None and not is_terminal(s)
+    ]
+    unknown = [i for i, s in zip(job_ids, statuses, strict=True) if s is None]
+    records = [raw for raw in await store.get_many_raw(done) if raw is not None]
+    return records, pending, unknown
 
 
 # Longest a waiting request relies on completion notices alone before reading the jobs again

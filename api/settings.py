@@ -54,6 +54,13 @@ class ApiSettings(CommonSettings):
         description="How often the gateway's janitor expires overdue queued jobs and re-queues "
         "the running jobs of dead workers.",
     )
+    reconcile_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the janitor looks for queued jobs whose task message was lost "
+        "(a worker killed right after taking it, a pop a Redis restart lost): one seen so in "
+        "two looks in a row, older than STRUCTQ_ORPHAN_GRACE_S, gets a fresh message.",
+    )
     cancel_wait_s: float = Field(
         10.0,
         ge=0,

@@ -1,7 +1,7 @@
 """Long-polling without busy polling: wake waiting requests when their job finishes.
 
-Each gateway process holds one Redis pub/sub subscription to ``DONE_CHANNEL`` (the worker's
-terminal status write publishes the job id in the same script). A request that long-polls
+Each gateway process holds one Redis pub/sub subscription to ``DONE_CHANNEL`` (the script that
+writes terminal statuses publishes the ids of the jobs it finished). A request that long-polls
 registers an event for its job id *before* reading the record, so a completion that lands
 between the read and the wait is never missed.
 """
@@ -58,6 +58,22 @@ class CompletionWaiters:
                 if not events:
                     del self._events[job_id]
 
+    @contextlib.asynccontextmanager
+    async def watch_any(self, job_ids: list[str]) -> AsyncIterator[asyncio.Event]:
+        """One event set when any of ``job_ids`` reaches a terminal status, inside the block."""
+        event = asyncio.Event()
+        for job_id in job_ids:
+            self._events[job_id].add(event)
+        try:
+            yield event
+        finally:
+            for job_id in job_ids:
+                events = self._events.get(job_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._events[job_id]
+
     async def _listen(self) -> None:
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -65,9 +81,10 @@ class CompletionWaiters:
                 await pubsub.subscribe(DONE_CHANNEL)
                 self._subscribed.set()
                 async for message in pubsub.listen():
-                    job_id = message["data"].decode()
-                    for event in self._events.get(job_id, ()):
-                        event.set()
+                    # One message per script call: the ids of every job it finished.
+                    for job_id in message["data"].decode().split():
+                        for event in self._events.get(job_id, ()):
+                            event.set()
             except (redis.exceptions.RedisError, OSError) as exc:
                 self._subscribed.clear()
                 log.warning("completion listener lost Redis (%s); resubscribing", exc)

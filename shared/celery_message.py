@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import socket
+from functools import lru_cache
 
 from shared.keys import TASK_NAME
 
@@ -38,16 +39,38 @@ def task_message(
     is the job id, which is, as long as a job has one message at a time.
     """
     task_id = task_id or job_id
-    body = json.dumps([[job_id], {}, _EMBED]).encode()
-    return json.dumps(
+    body = base64.b64encode(
+        b'[["' + _escaped(job_id).encode() + b'"], {}, ' + _EMBED_JSON + b"]"
+    ).decode()
+    return _template(queue, priority, task) % {
+        "body": body,
+        "id": _escaped(task_id),
+        "argsrepr": _escaped(repr([job_id])),
+    }
+
+
+def _escaped(value: str) -> str:
+    """``value`` as it appears between the quotes of a JSON string."""
+    return json.dumps(value)[1:-1]
+
+
+_EMBED_JSON = json.dumps(_EMBED).encode()
+
+
+@lru_cache(maxsize=1024)
+def _template(queue: str, priority: int, task: str) -> str:
+    """The envelope for one queue, priority and task, with %-placeholders for what changes per
+    message (built once: a job's message is then a string substitution, not a JSON dump)."""
+    marks = {name: f"@@{name}@@" for name in ("body", "id", "argsrepr")}
+    envelope = json.dumps(
         {
-            "body": base64.b64encode(body).decode(),
+            "body": marks["body"],
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": {
                 "lang": "py",
                 "task": task,
-                "id": task_id,
+                "id": marks["id"],
                 "shadow": None,
                 "eta": None,
                 "expires": None,
@@ -55,9 +78,9 @@ def task_message(
                 "group_index": None,
                 "retries": 0,
                 "timelimit": [None, None],
-                "root_id": task_id,
+                "root_id": marks["id"],
                 "parent_id": None,
-                "argsrepr": repr([job_id]),
+                "argsrepr": marks["argsrepr"],
                 "kwargsrepr": "{}",
                 "origin": f"{_ORIGIN}:{os.getpid()}",
                 "ignore_result": True,
@@ -66,13 +89,16 @@ def task_message(
                 "stamps": {},
             },
             "properties": {
-                "correlation_id": task_id,
+                "correlation_id": marks["id"],
                 "reply_to": "",
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": priority,
                 "body_encoding": "base64",
-                "delivery_tag": task_id,
+                "delivery_tag": marks["id"],
             },
         }
-    )
+    ).replace("%", "%%")
+    for name, mark in marks.items():
+        envelope = envelope.replace(mark, f"%({name})s")
+    return envelope

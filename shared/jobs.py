@@ -3,6 +3,12 @@ Redis and read by the worker), ``JobPublic`` (what the API returns).
 
 Gateway and worker exchange jobs only as ``model_dump_json()`` / ``model_validate_json()``
 of these models; nothing is pickled across services.
+
+A stored job is two JSON documents: its *spec* (the request as submitted, with its id, model,
+owner and creation time; written once) and its *state* (``STATE_FIELDS``: status, deadline,
+times, attempts, worker, result or error; rewritten by every status change). Every change
+writes the small state alone, never the request (which may hold a large schema) again, and a
+reader joins the two into one record with :func:`join_record`, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared.errors import ErrorCode
 from shared.keys import PRIORITY_LEVELS
 from shared.output_types import OutputType, TextSpec
 
 __all__ = [
+    "STATE_FIELDS",
     "EngineStats",
     "Job",
     "JobCreate",
@@ -29,6 +37,7 @@ __all__ = [
     "Usage",
     "WebhookAttempt",
     "WebhookSpec",
+    "join_record",
     "utcnow",
 ]
 
@@ -194,7 +203,7 @@ class JobResult(_Model):
 
 
 class JobError(_Model):
-    code: str
+    code: ErrorCode
     message: str
     text: str | None = Field(None, description="Partial output, when there was any.")
     usage: Usage | None = Field(None, description="Tokens used, when the engine ran the job.")
@@ -224,6 +233,50 @@ class Job(JobCreate):
 
     def deadline_ts(self) -> float | None:
         return None if self.deadline is None else self.deadline.timestamp()
+
+    def spec_json(self) -> str:
+        """The request part of the record (never rewritten once stored)."""
+        # by_alias: a JSON Schema spec is stored (and returned) under the key clients use.
+        return self.model_dump_json(exclude=STATE_FIELDS, by_alias=True)
+
+    def state_json(self) -> str:
+        """The part of the record every status change rewrites."""
+        return self.model_dump_json(include=STATE_FIELDS)
+
+    @classmethod
+    def from_parts(cls, spec: bytes | str, state: bytes | str) -> Job:
+        """The job from its stored parts. Their content was checked when it was submitted, so
+        the costly checks of its output type (compiling a schema, a grammar) are not run again."""
+        return cls.model_validate_json(join_record(spec, state), context=TRUSTED)
+
+
+# Fields of the job's state: what status changes rewrite (see the module's docstring).
+STATE_FIELDS = frozenset(
+    {
+        "status",
+        "deadline",
+        "started_at",
+        "finished_at",
+        "attempts",
+        "retries",
+        "worker",
+        "result",
+        "error",
+        "engine",
+    }
+)
+
+# Validation context for records structq stored itself (see ``shared.output_types``).
+TRUSTED = {"trusted": True}
+
+
+def join_record(spec: bytes | str, state: bytes | str) -> bytes:
+    """One JSON object from the stored spec and state (each a non-empty JSON object)."""
+    if isinstance(spec, str):
+        spec = spec.encode()
+    if isinstance(state, str):
+        state = state.encode()
+    return spec[:-1] + b"," + state[1:]
 
 
 class JobPublic(Job):

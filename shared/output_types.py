@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 import jsonschema
 from lark import Lark
 from lark.exceptions import LarkError
 from outlines_core.json_schema import build_regex_from_schema
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "BOOL_PATTERN",
@@ -84,7 +84,9 @@ class JsonSchemaSpec(_Spec):
 
     @field_validator("json_schema")
     @classmethod
-    def _check_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+    def _check_schema(cls, schema: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if _trusted(info):
+            return schema
         # Hard bounds before any real work (the gateway's own limits are tighter).
         if _depth(schema) > MAX_SCHEMA_NESTING:
             raise ValueError(f"JSON Schema nested deeper than {MAX_SCHEMA_NESTING} levels")
@@ -101,12 +103,14 @@ class JsonSchemaSpec(_Spec):
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise OutputMismatch(f"output is not valid JSON: {exc}") from None
-        error = jsonschema.exceptions.best_match(
-            _json_validator(json.dumps(self.json_schema, sort_keys=True)).iter_errors(value)
-        )
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is not None:
             raise OutputMismatch(f"output does not match the JSON Schema: {error.message}")
         return value
+
+    @cached_property
+    def _validator(self) -> jsonschema.protocols.Validator:
+        return _json_validator(json.dumps(self.json_schema, sort_keys=True))
 
 
 class RegexSpec(_Spec):
@@ -121,7 +125,9 @@ class RegexSpec(_Spec):
 
     @field_validator("pattern")
     @classmethod
-    def _check_pattern(cls, pattern: str) -> str:
+    def _check_pattern(cls, pattern: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return pattern
         try:
             _regex(pattern)
         except re.error as exc:
@@ -189,7 +195,9 @@ class GrammarSpec(_Spec):
 
     @field_validator("grammar")
     @classmethod
-    def _check_grammar(cls, grammar: str) -> str:
+    def _check_grammar(cls, grammar: str, info: ValidationInfo) -> str:
+        if _trusted(info):
+            return grammar
         try:
             _lark(grammar)
         except LarkError as exc:
@@ -219,6 +227,12 @@ OutputType = Annotated[
     | GrammarSpec,
     Field(discriminator="type"),
 ]
+
+
+def _trusted(info: ValidationInfo) -> bool:
+    """Whether the spec comes from a record structq stored itself (``shared.jobs.TRUSTED``):
+    its checks passed when it was submitted, and are not paid again by every reader."""
+    return bool(info.context and info.context.get("trusted"))
 
 
 def _depth(node: Any) -> int:

@@ -67,6 +67,22 @@ class CommonSettings(BaseSettings):
         "running job whose worker's key is gone is re-queued by the gateway's janitor.",
     )
 
+    redis_outage_s: float = Field(
+        60,
+        gt=0,
+        description="How long a worker (or webhook worker) keeps retrying its writes while Redis "
+        "is unreachable, holding what it has to write; past it the worker exits and its jobs "
+        "are re-queued once Redis is back.",
+    )
+    orphan_grace_s: float = Field(
+        10,
+        ge=0,
+        description="How long the janitor must see a worker's heartbeat missing (while it can "
+        "reach Redis itself) before it re-queues that worker's jobs; also how long a queued "
+        "job's message may be missing before it is re-sent. Covers workers re-announcing "
+        "after a Redis restart or failover.",
+    )
+
     webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=list,
         description="Networks (CIDR, JSON list) webhooks may reach although they are not "

@@ -1,8 +1,9 @@
 """``python -m worker``: a Celery worker with the options a vLLM engine needs.
 
-Equivalent to ``celery -A worker.app worker --pool threads --concurrency $STRUCTQ_MAX_INFLIGHT
--Q structq.jobs.$STRUCTQ_MODEL``. The guard below matters: vLLM spawns processes that import
-the main module again.
+Equivalent to ``celery -A worker.app worker --pool threads --concurrency 1 -Q
+structq.worker.$STRUCTQ_WORKER_ID``: the worker takes its model's job messages itself (see
+``worker.intake``). The guard below matters: vLLM spawns processes that import the main module
+again.
 
 ``python -m worker check`` (``--webhooks`` for the webhook worker) is the probe: exit 0 when
 this worker's announcement key is in Redis (the engine has loaded and its heartbeat is
@@ -17,15 +18,14 @@ import sys
 
 
 def main() -> None:
-    from shared.keys import queue_name
-    from worker.app import app, exit_code, settings
+    from worker.app import app, exit_code, settings, worker_queue
 
     app.worker_main(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={settings.max_inflight}",
-            f"--queues={queue_name(settings.model)}",
+            "--concurrency=1",
+            f"--queues={worker_queue(settings)}",
             f"--hostname=structq-{settings.worker_id}@%h",
             "--loglevel=INFO",
             "--without-gossip",
@@ -38,30 +38,37 @@ def main() -> None:
 
 def check(webhooks: bool = False) -> int:
     """0 when this host's (or STRUCTQ_WORKER_ID's) worker has announced itself, else 1."""
+    import fnmatch
     import os
     import socket
 
     import redis
 
-    from shared.keys import WEBHOOK_WORKER_PREFIX, WORKER_PREFIX
+    from shared.keys import WEBHOOK_WORKER_PREFIX
+    from shared.redis_pools import sync_client
     from shared.settings import CommonSettings
+    from shared.workers import live_workers_sync
 
     settings = CommonSettings()
-    prefix = WEBHOOK_WORKER_PREFIX if webhooks else WORKER_PREFIX
     worker_id = os.environ.get("STRUCTQ_WEBHOOK_WORKER_ID" if webhooks else "STRUCTQ_WORKER_ID")
-    pattern = f"{prefix}{worker_id}" if worker_id else f"{prefix}{socket.gethostname()}-*"
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    pattern = worker_id or f"{socket.gethostname()}-*"
+    client = sync_client(settings.redis_url, timeout_s=5)
     try:
-        found = next(iter(client.scan_iter(match=pattern, count=1000)), None)
+        if webhooks:
+            keys = client.scan_iter(match=f"{WEBHOOK_WORKER_PREFIX}{pattern}", count=1000)
+            found = next((k.decode() for k in keys), None)
+        else:
+            names = [w.worker_id for w in live_workers_sync(client)]
+            found = next((name for name in names if fnmatch.fnmatchcase(name, pattern)), None)
     except redis.RedisError as exc:
         print(f"check: Redis unreachable: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
     if found is None:
-        print(f"check: no announcement {pattern} in Redis", file=sys.stderr)
+        print(f"check: no announcement of {pattern} in Redis", file=sys.stderr)
         return 1
-    print(f"check: {found.decode()} is up")
+    print(f"check: {found} is up")
     return 0
 
 

@@ -28,7 +28,8 @@ class CancelListener:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2)
 
     def _listen(self) -> None:
         while not self._stop.is_set():

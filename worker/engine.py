@@ -1,9 +1,15 @@
 """The resident engine: one vLLM ``LLMEngine`` stepping continuously on its own thread.
 
-Celery task threads hand requests to :meth:`Engine.submit` and wait on the returned future.
-The engine thread admits whatever arrived since the last step (``add_request``), runs one
-``step()``, and hands each finished request its result. A request that arrives while others
-are generating joins the running batch at the next step: continuous batching across jobs.
+The worker's dispatcher hands it requests in batches (:meth:`Engine.submit`); the engine thread
+admits whatever arrived since the last step (``add_request``), runs one ``step()``, and puts
+each finished request on a list the dispatcher takes (:meth:`Engine.take_done`), waking it once
+per step that finished anything. A request that arrives while others are generating joins the
+running batch at the next step: continuous batching across jobs.
+
+Requests ask for their final output only (vLLM's cheapest mode, as ``LLM.generate`` does),
+except streaming jobs, which get each step's new text. How each request ran (its first and
+last engine step, the largest batch it was part of) is counted from the engine-core outputs of
+every step, whatever the output mode.
 
 Only this module imports vllm's engine; it is built once per worker process, in the worker's
 start-up hook (``worker.app``).
@@ -16,13 +22,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import EngineDead, EngineRejected, JobAborted
+from shared.errors import EngineDead, EngineRejected, JobAborted, JobFailure
 from shared.jobs import Message
 
 if TYPE_CHECKING:
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 
     from worker.settings import WorkerSettings
 
-__all__ = ["Engine", "Generation", "engine_kwargs"]
+__all__ = ["Done", "Engine", "Generation", "Request", "engine_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ _IDLE_POLL_S = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """A finished request: its text and how the engine ran it."""
+    """A finished (or aborted) request: its text and how the engine ran it."""
 
     text: str
     finish_reason: str | None
@@ -53,23 +58,19 @@ class Generation:
     engine_s: float = 0.0  # from submit() to the last token: the engine's share of the job
 
 
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    """Stop a running request (``request_id``; None: every one) for ``reason``."""
-
-    request_id: str | None
-    reason: str
-
-
 @dataclass(slots=True)
-class _Request:
+class Request:
+    """One request for the engine. ``on_delta`` (streaming only) is called on the engine thread
+    with each step's new text, so it must not block."""
+
     request_id: str
     prompt: str
     params: SamplingParams
-    future: Future[Generation]
     on_delta: Callable[[str], None] | None = None
+    # Kept by the engine thread:
+    internal_id: str = ""
     submitted: float = field(default_factory=time.perf_counter)
-    parts: list[str] = field(default_factory=list)
+    text: str = ""
     completion_tokens: int = 0
     prompt_tokens: int = 0
     first_step: int = 0
@@ -78,7 +79,7 @@ class _Request:
 
     def generation(self, finish_reason: str | None) -> Generation:
         return Generation(
-            text="".join(self.parts),
+            text=self.text,
             finish_reason=finish_reason,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -87,6 +88,24 @@ class _Request:
             max_batch=self.max_batch,
             engine_s=time.perf_counter() - self.submitted,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A request the engine is finished with: its generation, or why it has none (or only a
+    partial one: ``JobAborted`` carries what was generated)."""
+
+    request_id: str
+    generation: Generation | None
+    error: JobFailure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    """Stop a running request (``request_id``; None: every one) for ``reason``."""
+
+    request_id: str | None
+    reason: str
 
 
 _UNCHUNKED_TOKEN_BUDGET = 4096
@@ -139,69 +158,88 @@ def _dtype(setting: str, on_cpu: bool) -> str:
 
 
 class Engine:
-    """A vLLM engine owned by one thread; every other thread talks to it through futures."""
+    """A vLLM engine owned by one thread; other threads hand it requests and take what is done."""
 
-    def __init__(self, llm: LLMEngine, on_dead: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self,
+        llm: LLMEngine,
+        on_dead: Callable[[BaseException], None],
+        on_done: Callable[[], None] = lambda: None,
+    ) -> None:
         self._llm = llm
         self._on_dead = on_dead
+        self._on_done = on_done
         self._tokenizer = llm.get_tokenizer()
-        self._inbox: queue.SimpleQueue[_Request | _Abort | None] = queue.SimpleQueue()
-        self._running: dict[str, _Request] = {}
+        self._inbox: queue.SimpleQueue[list[Request] | _Abort | None] = queue.SimpleQueue()
+        self._running: dict[str, Request] = {}
+        self._by_internal: dict[str, Request] = {}
+        self._done: list[Done] = []
+        self._done_lock = threading.Lock()
         self._steps = 0
         self._dead: BaseException | None = None
         self._stopping = threading.Event()
+        self._count_steps(llm)
         self._thread = threading.Thread(target=self._loop, name="structq-engine", daemon=True)
         self._thread.start()
 
     @classmethod
     def start(
-        cls, settings: WorkerSettings, model_path: Path, on_dead: Callable[[BaseException], None]
+        cls,
+        settings: WorkerSettings,
+        model_path: Path,
+        on_dead: Callable[[BaseException], None],
+        on_done: Callable[[], None] = lambda: None,
     ) -> Engine:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.llm_engine import LLMEngine
 
         log.info("starting vLLM engine for %s from %s", settings.model, model_path)
-        from vllm.engine.arg_utils import EngineArgs
-        from vllm.usage.usage_lib import UsageContext
-
         args = EngineArgs(**engine_kwargs(settings, model_path))
         # The batch-size defaults of vLLM's offline LLM class (throughput-oriented; on CPU 256
         # sequences, 4096 tokens a step), so the worker and the raw-vLLM baseline match.
         llm = LLMEngine.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
-        return cls(llm, on_dead)
+        return cls(llm, on_dead, on_done)
 
     @property
     def steps(self) -> int:
         return self._steps
 
-    def render_chat(self, messages: list[Message]) -> str:
-        """The chat as the model's chat template writes it, ready for the assistant's turn."""
-        return self._tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
-        )
-
-    def submit(
-        self,
-        request_id: str,
-        prompt: str,
-        params: SamplingParams,
-        on_delta: Callable[[str], None] | None = None,
-    ) -> Future[Generation]:
-        """Queue a request; ``on_delta`` (called on the engine thread, so it must not block)
-        gets each step's new text."""
-        future: Future[Generation] = Future()
-        if self._dead is not None or self._stopping.is_set():
-            future.set_exception(EngineDead("the engine is not running"))
-            return future
-        self._inbox.put(_Request(request_id, prompt, params, future, on_delta))
-        return future
-
     @property
     def alive(self) -> bool:
         return self._dead is None and not self._stopping.is_set()
 
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        """The chat as the model's chat template writes it, ready for the assistant's turn."""
+        text = self._tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        assert isinstance(text, str)
+        return text
+
+    def submit(self, requests: list[Request]) -> None:
+        """Queue requests for the next step; each comes back through :meth:`take_done`."""
+        if not requests:
+            return
+        if self._dead is not None or self._stopping.is_set():
+            with self._done_lock:
+                self._done.extend(
+                    Done(r.request_id, None, EngineDead("the engine is not running"))
+                    for r in requests
+                )
+            self._on_done()
+            return
+        self._inbox.put(requests)
+
+    def take_done(self) -> list[Done]:
+        """Every request finished (or failed, or aborted) since the last call."""
+        with self._done_lock:
+            done, self._done = self._done, []
+        return done
+
     def abort(self, request_id: str, reason: str) -> None:
-        """Stop a request between steps; its future fails with ``JobAborted`` carrying what
-        it had generated. Its batch-mates go on. A request already finished is left alone."""
+        """Stop a request between steps; it comes back with ``JobAborted`` carrying what it had
+        generated. Its batch-mates go on. A request already finished is left alone."""
         self._inbox.put(_Abort(request_id, reason))
 
     def abort_all(self, reason: str) -> None:
@@ -227,11 +265,17 @@ class Engine:
                 self._admit(block=not self._running)
                 if self._running:
                     self._collect(self._llm.step())
+                if self._done:
+                    self._on_done()
         except BaseException as exc:  # the engine process died, or vLLM broke: nothing runs on
             self._dead = exc
             log.critical("the vLLM engine died: %r", exc)
             self._fail_all(EngineDead(f"the engine died: {exc!r}"))
             self._on_dead(exc)
+
+    def _finished(self, done: Done) -> None:
+        with self._done_lock:
+            self._done.append(done)
 
     def _admit(self, block: bool) -> None:
         """Add every request that arrived since the last step; wait for one when idle."""
@@ -245,12 +289,16 @@ class Engine:
             if isinstance(item, _Abort):
                 self._abort(item)
             else:
-                try:
-                    self._llm.add_request(item.request_id, item.prompt, item.params)
-                except (VLLMClientError, ValueError, TypeError) as exc:
-                    item.future.set_exception(EngineRejected(str(exc)))
-                else:
-                    self._running[item.request_id] = item
+                for req in item:
+                    try:
+                        req.internal_id = self._llm.add_request(
+                            req.request_id, req.prompt, req.params
+                        )
+                    except (VLLMClientError, ValueError, TypeError) as exc:
+                        self._finished(Done(req.request_id, None, EngineRejected(str(exc))))
+                    else:
+                        self._running[req.request_id] = req
+                        self._by_internal[req.internal_id] = req
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
@@ -264,45 +312,89 @@ class Engine:
             doomed = [] if req is None else [req]
         if not doomed:
             return
+        for req in doomed:
+            if req.on_delta is None:
+                self._read_partial(req)
         self._llm.abort_request([req.request_id for req in doomed])
         for req in doomed:
-            del self._running[req.request_id]
+            self._forget(req)
             generation = req.generation("abort")
-            req.future.set_exception(
-                JobAborted(abort.reason, f"aborted ({abort.reason})", generation.text, generation)
+            error = JobAborted(
+                abort.reason, f"aborted ({abort.reason})", generation.text, generation
             )
+            self._finished(Done(req.request_id, generation, error))
+
+    def _read_partial(self, req: Request) -> None:
+        """What a final-output-only request has generated so far, read from vLLM's detokenizer
+        (it hands out no output for an aborted request)."""
+        try:
+            state = self._llm.output_processor.request_states.get(req.internal_id)
+            detokenizer = None if state is None else state.detokenizer
+            if state is None or detokenizer is None:
+                return
+            req.text = detokenizer.get_next_output_text(True, False)
+            req.completion_tokens = detokenizer.num_output_tokens()
+            req.prompt_tokens = len(state.prompt_token_ids or ())
+        except Exception:  # an internal of vLLM's: without it the abort just has no text
+            log.exception("could not read the partial output of %s", req.request_id)
+
+    def _forget(self, req: Request) -> None:
+        self._running.pop(req.request_id, None)
+        self._by_internal.pop(req.internal_id, None)
 
     def _collect(self, outputs: list[Any]) -> None:
-        self._steps += 1
-        step, batch = self._steps, len(outputs)
         for out in outputs:
             req = self._running.get(out.request_id)
             if req is None:
                 continue
             completion = out.outputs[0]
-            req.parts.append(completion.text)
-            if req.on_delta is not None:
+            if req.on_delta is not None:  # DELTA: this step's new text and tokens
+                req.text += completion.text
+                req.completion_tokens += len(completion.token_ids)
                 req.on_delta(completion.text)
-            req.completion_tokens += len(completion.token_ids)
+            else:  # FINAL_ONLY: the whole output, once
+                req.text = completion.text
+                req.completion_tokens = len(completion.token_ids)
             if out.prompt_token_ids is not None:
                 req.prompt_tokens = len(out.prompt_token_ids)
-            req.first_step = req.first_step or step
-            req.last_step = step
-            req.max_batch = max(req.max_batch, batch)
             if out.finished:
-                del self._running[out.request_id]
-                req.future.set_result(req.generation(completion.finish_reason))
+                self._forget(req)
+                self._finished(Done(req.request_id, req.generation(completion.finish_reason)))
+
+    def _count_steps(self, llm: LLMEngine) -> None:
+        """Count every engine step, and the requests that advanced in it, from the engine-core
+        outputs each ``step()`` processes (final-output-only requests produce no
+        ``RequestOutput`` until they finish)."""
+        processor = llm.output_processor
+        process = processor.process_outputs
+
+        def counted(engine_core_outputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+            if engine_core_outputs:
+                self._steps += 1
+                step, batch, by_internal = self._steps, len(engine_core_outputs), self._by_internal
+                for output in engine_core_outputs:
+                    req = by_internal.get(output.request_id)
+                    if req is not None:
+                        if not req.first_step:
+                            req.first_step = step
+                        req.last_step = step
+                        if batch > req.max_batch:
+                            req.max_batch = batch
+            return process(engine_core_outputs, *args, **kwargs)
+
+        processor.process_outputs = counted  # type: ignore[method-assign]  # see docstring
 
     def _fail_all(self, error: EngineDead) -> None:
-        pending: list[_Request | _Abort] = list(self._running.values())
+        pending: list[Request] = list(self._running.values())
         self._running.clear()
+        self._by_internal.clear()
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                pending.append(item)
-        for req in pending:
-            if isinstance(req, _Request) and not req.future.done():
-                req.future.set_exception(error)
+            if isinstance(item, list):
+                pending.extend(item)
+        with self._done_lock:
+            self._done.extend(Done(req.request_id, None, error) for req in pending)
+        self._on_done()

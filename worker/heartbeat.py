@@ -1,14 +1,14 @@
 """The worker's announcement: a Redis key with a TTL, renewed while the engine is up.
 
-It says which model and queue this worker serves; it exists only once the engine has loaded
-and vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker dying, so readiness checks (tests, the
-demo, probes) and the served-model list can rely on it.
+It says which model and queue this worker serves (``shared.records.WorkerAnnouncement``); it
+exists only once the engine has loaded and vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker
+dying, so readiness checks (tests, the demo, probes), the served-model list and the janitor can
+rely on it. After Redis comes back from an outage it is written again within a second.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -17,52 +17,61 @@ import time
 import redis
 
 from shared.jobs import utcnow
-from shared.keys import queue_name, worker_key
+from shared.keys import WORKERS_INDEX, queue_name, worker_key
+from shared.records import WorkerAnnouncement
+from worker.settings import WorkerSettings
 
 __all__ = ["Heartbeat"]
 
 log = logging.getLogger(__name__)
 
+# How soon a heartbeat not written (Redis away) is tried again.
+_RETRY_S = 0.5
+
 
 class Heartbeat:
-    def __init__(
-        self,
-        client: redis.Redis,
-        worker_id: str,
-        model: str,
-        ttl_s: float,
-        max_model_len: int | None = None,
-    ) -> None:
+    def __init__(self, client: redis.Redis, settings: WorkerSettings) -> None:
         self._redis = client
-        self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._key = worker_key(worker_id)
-        self._value = json.dumps(
-            {
-                "worker_id": worker_id,
-                "model": model,
-                "queue": queue_name(model),
-                "max_model_len": max_model_len,
-                "pid": os.getpid(),
-                "ready_at": utcnow().isoformat(),
-            }
-        )
+        self._ttl_ms = max(1, int(settings.heartbeat_ttl_s * 1000))
+        self._worker_id = settings.worker_id
+        self._key = worker_key(settings.worker_id)
+        self._value = WorkerAnnouncement(
+            worker_id=settings.worker_id,
+            model=settings.model,
+            queue=queue_name(settings.model),
+            max_model_len=settings.max_model_len,
+            pid=os.getpid(),
+            ready_at=utcnow(),
+        ).model_dump_json()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="structq-heartbeat", daemon=True)
 
     def start(self) -> None:
-        self._redis.set(self._key, self._value, px=self._ttl_ms)
+        self._announce()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
-        with contextlib.suppress(redis.RedisError):  # else the key expires by itself
-            self._redis.delete(self._key)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2)
+        # Else the key expires by itself.
+        with contextlib.suppress(redis.RedisError), self._redis.pipeline() as pipe:
+            pipe.delete(self._key)
+            pipe.zadd(WORKERS_INDEX, {self._worker_id: 0})
+            pipe.execute()
+
+    def _announce(self) -> None:
+        with self._redis.pipeline() as pipe:
+            pipe.set(self._key, self._value, px=self._ttl_ms)
+            pipe.zadd(WORKERS_INDEX, {self._worker_id: int(time.time() * 1000) + self._ttl_ms})
+            pipe.execute()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._ttl_ms / 3000):
+        wait = self._ttl_ms / 3000
+        while not self._stop.wait(wait):
             try:
-                self._redis.set(self._key, self._value, px=self._ttl_ms)
+                self._announce()
+                wait = self._ttl_ms / 3000
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
-                time.sleep(1)
+                wait = _RETRY_S

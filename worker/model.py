@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shared.settings import DEFAULT_MODEL
 
-__all__ = ["default_model_path", "prepare_default_model"]
+__all__ = ["default_model_path", "derive_model", "prepare_default_model"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,53 @@ def prepare_default_model(cache_dir: Path) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / _DONE).write_text(f"converted from {gguf.name}\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# Files a derived model takes from its parent as they are (everything but config and weights).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+def derive_model(cache_dir: Path, name: str, seed: int = 0, **config: object) -> Path:
+    """A model built from the bundled model's config with ``config`` changed (fewer layers, a
+    narrower width) and random weights, with the bundled tokenizer and chat template: a second
+    model for tests, or a near-free engine for the benchmark, made locally in seconds (no hub).
+    Built once into ``cache_dir/models/<name>``; a folder built with other values is rebuilt."""
+    import json
+
+    parent = prepare_default_model(cache_dir)
+    target = cache_dir / "models" / name
+    recipe = json.dumps({"seed": seed, **config}, sort_keys=True)
+    done = target / _DONE
+    if done.exists() and done.read_text() == recipe:
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    log.info("building %s (%s) into %s", name, recipe, target)
+    model_config = AutoConfig.from_pretrained(parent)
+    for key, value in config.items():
+        setattr(model_config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(model_config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".derive-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        for file in _TOKENIZER_FILES:
+            if (parent / file).is_file():
+                shutil.copy2(parent / file, staging / file)
+        (staging / _DONE).write_text(recipe)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     finally:

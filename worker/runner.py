@@ -1,56 +1,91 @@
-"""Runs one job: claim it, generate on the engine, check the output, record the outcome.
+"""The worker's hot path: take job messages, claim the jobs, run them on the engine, record them.
 
-Every outcome is one guarded status change in the job store (``shared.lifecycle``):
-``queued → running`` when this worker claims the job, then ``running → succeeded | failed |
-cancelled``, or back to ``queued`` when the run ended through no fault of the job (the engine
-died, the worker is draining). A job that fails does so with a code and a reason; nothing
-here can leave a job ``running`` short of the process dying, and then the gateway's janitor
-re-queues it once this worker's heartbeat is gone.
+A job's way through this process, and what each step costs it:
+
+1. **take** (the dispatcher thread, here; see ``worker.intake``): one script call takes every
+   job message there is room for, with each one's job record. No Celery task per job, no
+   thread per job.
+2. **claim** (the dispatcher thread): one script call claims them all (``queued → running``,
+   guarded by the message tag, so a stale duplicate claims nothing, and acknowledging each
+   message in the same write); each becomes an engine request, handed over in one batch.
+3. **generate** (the engine thread, ``worker.engine``): vLLM's continuous batch.
+4. **record** (the dispatcher thread): every job the engine finished since the last round has
+   its output checked and parsed, and all of them are written in one script call (status,
+   result, indexes, webhook event, completion notice, this worker's ledger).
+
+So a round of many jobs costs two script calls to start them and one to record them, and each
+job's record is parsed once and its small state serialized twice.
+
+Every outcome is one guarded status change (``shared.lifecycle``): a job that fails does so with
+a code and a reason; a run that ends through no fault of the job (the engine died, the worker
+is draining) goes back to the queue. While Redis is unreachable, writes are retried with backoff
+for up to STRUCTQ_REDIS_OUTAGE_S and results wait in memory; past that the worker gives up and
+exits (its jobs are re-queued by the janitor once Redis is back).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import threading
 import time
-import uuid
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared import lifecycle
-from shared.errors import EngineDead, JobAborted, JobFailure, OutputInvalid, OutputTruncated
+from shared.errors import (
+    EngineDead,
+    EngineRejected,
+    ErrorCode,
+    InternalFailure,
+    JobAborted,
+    JobFailure,
+    OutputInvalid,
+    OutputTruncated,
+)
 from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage
+from shared.lifecycle import Change
 from shared.output_types import OutputMismatch, TextSpec
-from shared.store import Change, JobStore
-from worker.engine import Engine, Generation
+from shared.redis_pools import RedisGone, retrying
+from shared.store import JobStore, Stored, read_job
+from worker.engine import Done, Engine, Generation, Request
 from worker.settings import WorkerSettings
 from worker.streams import DeltaPublisher
 from worker.structured import sampling_params
 
-__all__ = ["FAULT_KEY", "JobRunner", "NotTaking"]
+__all__ = ["FAULT_KEY", "JobRunner"]
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 # Job metadata key read when STRUCTQ_FAULT_INJECTION is on (tests of crash recovery only).
 FAULT_KEY = "structq.fault"
-# How often a waiting run re-checks its job's cancel flag in Redis (a backstop for a cancel
-# message this worker missed, e.g. across a Redis reconnect).
-_CANCEL_CHECK_S = 5.0
+# How often running jobs are checked against their deadlines.
+_DEADLINE_CHECK_S = 0.1
+# How often the worker reads its ledger in Redis: cancels it missed (the pub/sub message is lost
+# across a reconnect), and jobs Redis says it runs that it does not.
+_LEDGER_CHECK_S = 5.0
 
 
-class NotTaking(Exception):
-    """This worker takes no new job now (draining, or its engine is gone): the task's message
-    goes back to the queue for another worker."""
+# Longest the dispatcher goes without looking at the queue while it has room.
+_TAKE_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
 class _Active:
-    request_id: str | None = None
-    cancel: bool = False
+    """A job this worker runs."""
+
+    job: Job  # as claimed
+    run: str  # the claim's run token
+    request_id: str
+    limit: float  # epoch s: its deadline, or STRUCTQ_MAX_RUN_S after it started
+    spec: bytes | None = None  # the stored spec, kept for its webhook payloads
+    aborting: str | None = None
 
 
 class JobRunner:
@@ -60,156 +95,270 @@ class JobRunner:
         engine: Engine,
         settings: WorkerSettings,
         streams: DeltaPublisher | None = None,
+        on_fatal: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         self._store = store
         self._engine = engine
         self._streams = streams
         self._settings = settings
+        self._on_fatal = on_fatal
         self._worker_id = settings.worker_id
-        self._active: dict[str, _Active] = {}
-        self._lock = threading.Lock()
+        self._model = settings.model
+        self._may_take = threading.Event()  # the doorbell rang, or the last take was full
+        self._taken_at = 0.0
+        self._active: dict[str, _Active] = {}  # by engine request id
+        self._by_job: dict[str, _Active] = {}
+        self._early: list[Done] = []  # claimed, but refused before reaching the engine
+        self._wake = threading.Event()
+        self._idle = threading.Event()
         self._draining = threading.Event()
+        self._stopped = threading.Event()
+        self._deadlines_at = self._ledger_at = 0.0
+        self._thread = threading.Thread(target=self._loop, name="structq-dispatcher", daemon=True)
 
     # -- called from other threads ----------------------------------------------------
 
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ring(self) -> None:
+        """Job messages may be waiting (the doorbell rang, or it is time to look)."""
+        self._may_take.set()
+        self._wake.set()
+
     def cancel(self, job_id: str) -> None:
         """A client cancelled ``job_id``: abort its request if this worker runs it."""
-        with self._lock:
-            active = self._active.get(job_id)
-            if active is None:
-                return
-            active.cancel = True
-            request_id = active.request_id
-        if request_id is not None:
-            self._engine.abort(request_id, "cancelled")
+        active = self._by_job.get(job_id)
+        if active is not None and active.aborting is None:
+            active.aborting = "cancelled"
+            self._engine.abort(active.request_id, "cancelled")
 
     def drain(self) -> None:
-        """Take no new job; those running keep going (until ``requeue_running``)."""
+        """Take no new job; those running go on until ``requeue_running``."""
         self._draining.set()
+        self._wake.set()
 
     def requeue_running(self) -> None:
         """The drain ran out of time: stop every running request; each job is re-queued."""
         self._engine.abort_all("drain")
 
-    # -- a task thread ----------------------------------------------------------------
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is taken, running or waiting to be written (or the dispatcher
+        stopped); whether it got there in time."""
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._idle.wait(0.1) or not self._thread.is_alive():
+                return True
+        return False
 
-    def run(self, job_id: str) -> None:
-        job, problem = self._store.get_readable(job_id)
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    # -- the dispatcher thread ----------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(_DEADLINE_CHECK_S)
+            self._wake.clear()
+            try:
+                self._round()
+            except RedisGone as exc:
+                log.critical("%s; the worker stops (its jobs are re-queued)", exc)
+                self._on_fatal(exc)
+                return
+            except Exception:  # a bug of ours: log it and go on with the next round
+                log.exception("dispatcher round failed")
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        now = time.monotonic()
+        room = self._settings.max_inflight - len(self._active)
+        taking = not self._draining.is_set() and self._engine.alive
+        if (
+            taking
+            and room > 0
+            and (self._may_take.is_set() or now - self._taken_at >= _TAKE_EVERY_S)
+        ):
+            self._may_take.clear()
+            self._taken_at = now
+            self._idle.clear()
+            taken = self._retrying(lambda: self._store.take(self._model, room))
+            if len(taken) == room:
+                self._may_take.set()  # there may be more, for the next round
+            if taken:
+                self._claim(taken)
+        done = self._early + self._engine.take_done()
+        self._early = []
+        if done:
+            self._record(done)
+        now = time.monotonic()
+        if now - self._deadlines_at >= _DEADLINE_CHECK_S:
+            self._deadlines_at = now
+            self._enforce_deadlines()
+        if now - self._ledger_at >= _LEDGER_CHECK_S:
+            self._ledger_at = now
+            self._check_ledger()
+        taking_done = self._draining.is_set() or not self._may_take.is_set()
+        if not self._active and not self._early and taking_done:
+            self._idle.set()
+
+    def _claim(self, taken: list[tuple[str, Stored]]) -> None:
+        changes = [self._claim_change(tag, row) for tag, row in taken]
+        outcomes = self._retrying(lambda: self._store.apply_many(changes))
+        requests = []
+        for (tag, row), change, outcome in zip(taken, changes, outcomes, strict=True):
+            if change.new_run is None or outcome is not None:
+                if change.new_run is not None:
+                    log.info("job of message %s changed before it could start (%s)", tag, outcome)
+                continue
+            request = self._start(change, row.spec)
+            if request is not None:
+                requests.append(request)
+        self._engine.submit(requests)
+
+    def _claim_change(self, tag: str, row: Stored) -> Change:
+        """The claim of a taken message's job, or what to do instead."""
+        if row.status != b"queued" or row.msg != tag.encode():
+            # Finished, cancelled, running elsewhere, or this is a stale copy of its message.
+            log.debug("message %s is stale (job %s)", tag, row.status)
+            return lifecycle.release(tag)
+        job, problem = read_job(row)
         if job is None:
-            if problem is None:
-                log.warning("job %s is gone (expired or deleted); skipping", job_id)
-            else:
-                log.error("job %s's record cannot be read at all, left as is: %s", job_id, problem)
-            return
-        if job.status is not JobStatus.QUEUED:
-            log.info("job %s is %s, not queued; skipping", job_id, job.status)
-            return
+            log.error("the job of message %s cannot be read at all, left as is: %s", tag, problem)
+            return lifecycle.release(tag)
         if problem is not None:
-            log.error("job %s cannot be read as stored: %s", job_id, problem)
+            log.error("job %s cannot be read as stored: %s", job.id, problem)
             message = (
                 "this worker cannot read the job as stored (a gateway newer than the "
                 f"worker?): {problem}"
             )
-            self._store.apply(lifecycle.refuse(job, "unreadable_job", message))
-            return
-        if self._draining.is_set() or not self._engine.alive:
-            raise NotTaking(job_id)
+            return lifecycle.refuse(job, ErrorCode.UNREADABLE_JOB, message, release_tag=tag)
         deadline = job.deadline_ts()
         if deadline is not None and deadline <= time.time():
-            self._store.apply(lifecycle.expire(job))
-            return
-        active = _Active()
-        with self._lock:
-            self._active[job_id] = active
-        try:
-            claim = lifecycle.claim(job, self._worker_id)
-            run_tag = uuid.uuid4().hex[:12]  # tells this run's stream entries from another's
-            if not self._store.apply(claim):
-                log.info("job %s changed before it could start; skipping", job_id)
-                return
-            if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
-                log.critical("job %s asks for this worker's death (fault injection)", job_id)
-                os.kill(os.getpid(), signal.SIGKILL)
-            change = self._run(claim.job, active, run_tag)
-            self._store.apply(change)
-            if claim.job.stream and self._streams is not None and change.job.status.terminal:
-                self._streams.end(job_id, run_tag)  # a re-queued job's next run goes on
-        finally:
-            with self._lock:
-                self._active.pop(job_id, None)
+            return lifecycle.expire(job, release_tag=tag)
+        claim = lifecycle.claim(job, self._worker_id, tag)
+        return claim if job.webhook is None else dataclasses.replace(claim, spec=row.spec)
 
-    def _run(self, job: Job, active: _Active, run_tag: str) -> Change:
-        try:
-            prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
-            request_id = f"{job.id}-{job.attempts}"
-            on_delta = None
-            if job.stream and self._streams is not None:
-                on_delta = functools.partial(self._streams.delta, job.id, run_tag)
-            future = self._engine.submit(request_id, prompt, sampling_params(job), on_delta)
-            with self._lock:
-                active.request_id = request_id
-                cancel = active.cancel
-            if cancel:
-                self._engine.abort(request_id, "cancelled")
-            generation = self._wait(job, request_id, future)
-        except JobAborted as exc:
-            return self._aborted(job, exc)
-        except EngineDead as exc:
-            # Not the job's fault: another attempt elsewhere, within max_attempts.
-            return lifecycle.fail_or_requeue(job, self._settings.max_attempts, exc.message)
-        except JobFailure as exc:
-            return lifecycle.finish(job, status=JobStatus.FAILED, error=_error(exc))
-        except Exception as exc:  # a bug of ours: the job still ends, with a reason
-            log.exception("job %s failed unexpectedly", job.id)
-            error = JobError(code="internal_error", message=f"{type(exc).__name__}: {exc}")
-            return lifecycle.finish(job, status=JobStatus.FAILED, error=error)
-        stats = self._stats(generation)
-        try:
-            result = _result(job, generation)
-        except JobFailure as exc:
-            error = _error(exc, generation)
-            return lifecycle.finish(job, status=JobStatus.FAILED, error=error, engine=stats)
-        return lifecycle.finish(job, status=JobStatus.SUCCEEDED, result=result, engine=stats)
-
-    def _wait(self, job: Job, request_id: str, future: Future[Generation]) -> Generation:
-        """The generation, aborting it at the job's deadline (or STRUCTQ_MAX_RUN_S)."""
+    def _start(self, claim: Change, spec: bytes | None) -> Request | None:
+        """A claimed job's engine request (None: it failed before reaching the engine)."""
+        job, run = claim.job, claim.new_run
+        assert job is not None and run is not None
+        if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
+            log.critical("job %s asks for this worker's death (fault injection)", job.id)
+            os.kill(os.getpid(), signal.SIGKILL)
         limit = time.time() + self._settings.max_run_s
         deadline = job.deadline_ts()
         if deadline is not None:
             limit = min(limit, deadline)
-        while True:
-            remaining = limit - time.time()
-            if remaining <= 0:
-                self._engine.abort(request_id, "deadline")
-                return future.result()
-            try:
-                return future.result(timeout=min(remaining, _CANCEL_CHECK_S))
-            except FutureTimeout:
-                if self._store.cancel_requested(job.id):
-                    self._engine.abort(request_id, "cancelled")
+        request_id = f"{job.id}.{run}"
+        active = _Active(job, run, request_id, limit, spec if job.webhook is not None else None)
+        self._active[request_id] = active
+        self._by_job[job.id] = active
+        try:
+            prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
+            params = sampling_params(job)
+        except ValueError as exc:  # vLLM refuses the parameters
+            self._early.append(Done(request_id, None, EngineRejected(str(exc))))
+            return None
+        except Exception as exc:  # e.g. the chat template refuses the chat
+            log.exception("job %s could not be prepared", job.id)
+            error = InternalFailure(f"{type(exc).__name__}: {exc}")
+            self._early.append(Done(request_id, None, error))
+            return None
+        on_delta = None
+        if job.stream and self._streams is not None:
+            on_delta = functools.partial(self._streams.delta, job.id, run)
+        return Request(request_id, prompt, params, on_delta)
 
-    def _aborted(self, job: Job, exc: JobAborted) -> Change:
+    def _record(self, done: list[Done]) -> None:
+        changes: list[Change] = []
+        recorded: list[_Active] = []
+        for item in done:
+            active = self._active.pop(item.request_id, None)
+            if active is None:
+                continue
+            self._by_job.pop(active.job.id, None)
+            try:
+                change = self._outcome(active, item)
+            except Exception as exc:  # a bug of ours: the job still ends, with a reason
+                log.exception("job %s failed unexpectedly", active.job.id)
+                error = JobError(
+                    code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"
+                )
+                change = lifecycle.finish(
+                    active.job, active.run, status=JobStatus.FAILED, error=error
+                )
+            if active.spec is not None:
+                change = dataclasses.replace(change, spec=active.spec)
+            changes.append(change)
+            recorded.append(active)
+        outcomes = self._retrying(lambda: self._store.apply_many(changes))
+        for active, change, outcome in zip(recorded, changes, outcomes, strict=True):
+            job = change.job
+            assert job is not None
+            if outcome is not None:
+                log.info(
+                    "job %s's run %s was not recorded: it is %s now", job.id, active.run, outcome
+                )
+            elif job.stream and self._streams is not None and job.status.terminal:
+                self._streams.end(job.id, active.run)  # a re-queued job's next run goes on
+
+    def _outcome(self, active: _Active, done: Done) -> Change:
+        job, run, error = active.job, active.run, done.error
+        generation = done.generation
+        if isinstance(error, JobAborted):
+            return self._aborted(active, error)
+        if isinstance(error, EngineDead):
+            # Not the job's fault: another attempt elsewhere, within max_attempts.
+            return lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, error.message)
+        if error is not None:
+            return lifecycle.finish(job, run, status=JobStatus.FAILED, error=_error(error))
+        assert generation is not None
+        stats = self._stats(generation)
+        try:
+            result = _result(job, generation)
+        except JobFailure as exc:
+            return lifecycle.finish(
+                job, run, status=JobStatus.FAILED, error=_error(exc, generation), engine=stats
+            )
+        return lifecycle.finish(job, run, status=JobStatus.SUCCEEDED, result=result, engine=stats)
+
+    def _aborted(self, active: _Active, exc: JobAborted) -> Change:
+        job, run = active.job, active.run
         generation = exc.generation if isinstance(exc.generation, Generation) else None
         stats = None if generation is None else self._stats(generation)
         if exc.reason == "drain":
             log.info("job %s re-queued: this worker is draining", job.id)
-            return lifecycle.requeue(job, give_back=True)
+            return lifecycle.requeue(job, run, give_back=True)
         if exc.reason == "cancelled":
             error = JobError(
-                code="cancelled", message="cancelled by the client while running", text=exc.text
+                code=ErrorCode.CANCELLED,
+                message="cancelled by the client while running",
+                text=exc.text,
             )
             status = JobStatus.CANCELLED
         else:
             limit = "its deadline" if job.deadline is not None else "STRUCTQ_MAX_RUN_S"
             error = JobError(
-                code="deadline_exceeded",
+                code=ErrorCode.DEADLINE_EXCEEDED,
                 message=f"still running at {limit}; aborted",
                 text=exc.text,
             )
             status = JobStatus.FAILED
         if generation is not None:
             error = error.model_copy(update={"usage": _usage(generation)})
-        return lifecycle.finish(job, status=status, error=error, engine=stats)
+        return lifecycle.finish(job, run, status=status, error=error, engine=stats)
 
     def _stats(self, generation: Generation) -> EngineStats:
         return EngineStats(
@@ -219,6 +368,38 @@ class JobRunner:
             max_batch=generation.max_batch,
             engine_s=round(generation.engine_s, 6),
         )
+
+    def _enforce_deadlines(self) -> None:
+        now = time.time()
+        for active in list(self._active.values()):
+            if active.aborting is None and active.limit <= now:
+                active.aborting = "deadline"
+                self._engine.abort(active.request_id, "deadline")
+
+    def _check_ledger(self) -> None:
+        """Read this worker's ledger: abort what was cancelled, give back what it lost."""
+        jobs, cancels = self._retrying(lambda: self._store.ledger(self._worker_id))
+        for job_id in cancels:
+            self.cancel(job_id)
+        lost = {job_id: run for job_id, run in jobs.items() if job_id not in self._by_job}
+        if not lost:
+            return
+        rows = self._retrying(lambda: self._store.read_many(list(lost)))
+        changes = []
+        for (job_id, run), row in zip(lost.items(), rows, strict=True):
+            job = read_job(row)[0]
+            if job is not None and job.status is JobStatus.RUNNING:
+                log.warning("job %s is claimed by this worker but not running here", job_id)
+                reason = f"worker {self._worker_id} lost track of it"
+                changes.append(
+                    lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, reason)
+                )
+        self._retrying(lambda: self._store.apply_many(changes))
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        """``call()``, retried while Redis is unreachable (up to STRUCTQ_REDIS_OUTAGE_S), with
+        deadlines enforced meanwhile (aborting needs no Redis)."""
+        return retrying(call, self._settings.redis_outage_s, self._enforce_deadlines)
 
 
 def _error(exc: JobFailure, generation: Generation | None = None) -> JobError:

@@ -3,9 +3,12 @@ job sampling → ``SamplingParams``."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from shared.jobs import Job
+from pydantic import TypeAdapter
+
+from shared.jobs import TRUSTED, Job, Sampling
 from shared.output_types import (
     BOOL_PATTERN,
     FLOAT_PATTERN,
@@ -53,10 +56,24 @@ def structured_outputs(spec: OutputType) -> StructuredOutputsParams | None:
 
 
 def sampling_params(job: Job) -> SamplingParams:
+    """The job's request to vLLM. A streaming job gets each step's new text; any other job only
+    its final output (vLLM's cheapest mode, as in ``LLM.generate``).
+
+    Jobs of a dataset mostly share their sampling and output type, and building vLLM's
+    parameters (their checks, the structured-output spec) costs more than looking them up:
+    they are built once per distinct (sampling, output type, streaming) and shared. vLLM copies
+    the parameters of each request it takes, so sharing them is safe."""
+    key = (job.sampling.model_dump_json(), job.output_type.model_dump_json(), job.stream)
+    return _cached_params(*key)
+
+
+@lru_cache(maxsize=512)
+def _cached_params(sampling: str, output_type: str, stream: bool) -> SamplingParams:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    s = job.sampling
+    s = Sampling.model_validate_json(sampling)
+    spec: OutputType = _OUTPUT_TYPE.validate_json(output_type, context=TRUSTED)
     return SamplingParams(
         n=1,
         max_tokens=s.max_tokens,
@@ -70,8 +87,9 @@ def sampling_params(job: Job) -> SamplingParams:
         frequency_penalty=s.frequency_penalty,
         repetition_penalty=s.repetition_penalty,
         ignore_eos=s.ignore_eos,
-        structured_outputs=structured_outputs(job.output_type),
-        # Token deltas per step: the engine loop sees every step's batch, and streaming can
-        # relay them as they come.
-        output_kind=RequestOutputKind.DELTA,
+        structured_outputs=structured_outputs(spec),
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )
+
+
+_OUTPUT_TYPE: TypeAdapter[OutputType] = TypeAdapter(OutputType)

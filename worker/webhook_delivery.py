@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import logging
 import random
 import time
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 import httpx
 
 from shared.celery_message import task_message
+from shared.jobs import WebhookAttempt
 from shared.keys import (
     WEBHOOK_QUEUE,
     WEBHOOK_SCHEDULE,
@@ -24,6 +24,8 @@ from shared.keys import (
     delivery_key,
     hooks_key,
 )
+from shared.records import WebhookDelivery
+from shared.redis_pools import retrying
 from shared.webhooks import UnsafeUrl, resolve_checked, sign
 from worker.settings import WebhookSettings
 
@@ -64,15 +66,24 @@ class Deliverer:
             )
         )
 
+    def _retrying(self, call):  # noqa: ANN001, ANN202 - a Redis call and its result
+        return retrying(call, self._settings.redis_outage_s)
+
     def attempt(self, delivery_id: str) -> str | None:
-        """One attempt; the delivery's state after it (None: unknown or already finished)."""
+        """One attempt; the delivery's state after it (None: unknown or already finished).
+        Its reads and writes ride out a Redis outage (STRUCTQ_REDIS_OUTAGE_S): an attempt made
+        is recorded once Redis is back."""
         key = delivery_key(delivery_id)
-        raw_spec, attempts, state = self._redis.hmget(key, ["spec", "attempts", "state"])
+        raw_spec, attempts, state = self._retrying(
+            lambda: self._redis.hmget(key, ["spec", "attempts", "state"])
+        )
         if raw_spec is None or state in (b"delivered", b"gave_up"):
             return None
-        spec = json.loads(raw_spec)
+        spec = WebhookDelivery.model_validate_json(raw_spec)
         number = int(attempts or 0) + 1
-        self._redis.hset(key, mapping={"attempts": number, "state": "sending"})
+        self._retrying(
+            lambda: self._redis.hset(key, mapping={"attempts": number, "state": "sending"})
+        )
         started, at = time.perf_counter(), datetime.now(UTC)
         status_code, error, retry_after = None, None, None
         try:
@@ -90,62 +101,69 @@ class Deliverer:
         schedule = self._settings.webhook_schedule_s
         if outcome == "retrying" and number >= len(schedule):
             outcome = "gave_up"
-        record = {
-            "event": spec["event"],
-            "webhook_id": delivery_id,
-            "attempt": number,
-            "at": at.isoformat(),
-            "status_code": status_code,
-            "error": error,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            "outcome": outcome,
-        }
-        with self._redis.pipeline() as pipe:
-            pipe.rpush(hooks_key(spec["job_id"]), json.dumps(record))
-            pipe.expire(hooks_key(spec["job_id"]), self._settings.job_ttl_s)
-            if outcome == "retrying":
-                delay = schedule[number] * random.uniform(0.8, 1.2)
-                if retry_after is not None:
-                    delay = max(delay, retry_after)
-                message = task_message(
-                    delivery_id,
-                    WEBHOOK_QUEUE,
-                    task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
-                    task=WEBHOOK_TASK_NAME,
-                )
-                pipe.hset(key, mapping={"state": "retrying", "message": message})
-                pipe.zadd(WEBHOOK_SCHEDULE, {delivery_id: time.time() + delay})
-            else:
-                pipe.hset(key, "state", outcome)
-            pipe.execute()
+        record = WebhookAttempt(
+            event=spec.event,
+            webhook_id=delivery_id,
+            attempt=number,
+            at=at,
+            status_code=status_code,
+            error=error,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            outcome=outcome,  # type: ignore[arg-type]  # one of the three, by construction
+        )
+        retry_message, due = None, 0.0
+        if outcome == "retrying":
+            delay = schedule[number] * random.uniform(0.8, 1.2)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            retry_message = task_message(
+                delivery_id,
+                WEBHOOK_QUEUE,
+                task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
+                task=WEBHOOK_TASK_NAME,
+            )
+            due = time.time() + delay
+
+        def write() -> None:
+            with self._redis.pipeline() as pipe:
+                pipe.rpush(hooks_key(spec.job_id), record.model_dump_json())
+                pipe.expire(hooks_key(spec.job_id), self._settings.job_ttl_s)
+                if retry_message is not None:
+                    pipe.hset(key, mapping={"state": "retrying", "message": retry_message})
+                    pipe.zadd(WEBHOOK_SCHEDULE, {delivery_id: due})
+                else:
+                    pipe.hset(key, "state", outcome)
+                pipe.execute()
+
+        self._retrying(write)
         log.info(
             "webhook %s (%s of job %s) attempt %d: %s %s",
             delivery_id,
-            spec["event"],
-            spec["job_id"],
+            spec.event,
+            spec.job_id,
             number,
             status_code or error,
             outcome,
         )
         return outcome
 
-    def _post(self, spec: dict, at: datetime) -> httpx.Response:
+    def _post(self, spec: WebhookDelivery, at: datetime) -> httpx.Response:
         scheme, host, port, address = resolve_checked(
-            spec["url"], self._settings.webhook_allowed_networks
+            spec.url, self._settings.webhook_allowed_networks
         )
-        url = httpx.URL(spec["url"])
+        url = httpx.URL(spec.url)
         # Connect to the address just checked; the name travels in Host (and TLS SNI).
         literal = f"[{address}]" if address.version == 6 else str(address)
         pinned = url.copy_with(host=literal)
-        body = spec["payload"]
+        body = spec.payload
         default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
         headers = {
             "host": host if default_port else f"{host}:{port}",
             "content-type": "application/json",
             "user-agent": "structq-webhooks",
-            "webhook-id": spec["id"],
+            "webhook-id": spec.id,
             "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": sign(self._settings.signing_secrets(at), spec["id"], at, body),
+            "webhook-signature": sign(self._settings.signing_secrets(at), spec.id, at, body),
         }
         extensions = {"sni_hostname": host} if scheme == "https" else {}
         return self._http.post(pinned, content=body, headers=headers, extensions=extensions)

@@ -29,8 +29,13 @@ import time
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
-from shared.keys import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, WEBHOOK_WORKER_PREFIX
-from shared.redis_pools import sync_client
+from shared.keys import (
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK_NAME,
+    WEBHOOK_WORKER_PREFIX,
+    WEBHOOKS_TRANSPORT,
+)
+from shared.redis_pools import celery_broker, sync_client
 from worker.celery_config import reliable_threads_worker
 from worker.settings import WebhookSettings
 from worker.webhook_delivery import Deliverer
@@ -44,18 +49,18 @@ settings = WebhookSettings.load()
 _READY_TTL_S = 15
 _TICK_S = 0.25
 
-app = Celery("structq-webhooks", broker=settings.redis_url)
+_broker, _transport = celery_broker(settings.redis_url)
+app = Celery("structq-webhooks", broker=_broker)
 app.conf.update(
     reliable_threads_worker(
         WEBHOOK_QUEUE,
         settings.webhook_concurrency,
         {
+            **_transport,
             # Attempts are short: a message unacknowledged past this is handed out again. Its
             # own unacked keys, so this short timeout never touches the GPU workers' messages.
             "visibility_timeout": int(3 * settings.webhook_timeout_s + 60),
-            "unacked_key": "structq:webhooks:unacked",
-            "unacked_index_key": "structq:webhooks:unacked_index",
-            "unacked_mutex_key": "structq:webhooks:unacked_mutex",
+            **WEBHOOKS_TRANSPORT,
         },
     )
 )

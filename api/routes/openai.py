@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -43,10 +42,10 @@ from api.openai_compat import (
 from api.settings import ApiSettings
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
-from shared.errors import StructqError
+from shared.errors import ErrorCode, StructqError
 from shared.jobs import JobCreate, JobPublic
-from shared.keys import WORKER_PREFIX
 from shared.store import AsyncJobStore
+from shared.workers import live_workers
 
 __all__ = ["router"]
 
@@ -63,29 +62,24 @@ _KEEPALIVE_S = 15.0
 
 
 class ModelNotFound(StructqError):
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
     http_status = 404
 
 
 async def _served(request: Request) -> dict[str, dict[str, Any]]:
     """The models running workers announce (their heartbeat keys), with a worker count."""
-    redis = request.app.state.redis
-    keys = [key async for key in redis.scan_iter(match=f"{WORKER_PREFIX}*", count=500)]
     models: dict[str, dict[str, Any]] = {}
-    for raw in await redis.mget(keys) if keys else []:
-        if raw is None:
-            continue  # expired between the scan and the read
-        worker = json.loads(raw)
-        ready = int(datetime.fromisoformat(worker["ready_at"]).timestamp())
+    for worker in await live_workers(request.app.state.redis):
+        ready = int(worker.ready_at.timestamp())
         card = models.setdefault(
-            worker["model"],
+            worker.model,
             {
-                "id": worker["model"],
+                "id": worker.model,
                 "object": "model",
                 "created": ready,
                 "owned_by": "structq",
-                "root": worker["model"],
-                "max_model_len": worker.get("max_model_len"),
+                "root": worker.model,
+                "max_model_len": worker.max_model_len,
                 "workers": 0,
             },
         )

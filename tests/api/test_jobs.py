@@ -178,6 +178,7 @@ def test_bad_deadline_or_priority_is_422(client, redis_client, extra, expected):
 def test_long_poll_wakes_when_the_job_finishes(client, redis_client):
     from concurrent.futures import ThreadPoolExecutor
 
+    from shared import lifecycle
     from shared.jobs import JobStatus
     from shared.store import JobStore
 
@@ -186,12 +187,9 @@ def test_long_poll_wakes_when_the_job_finishes(client, redis_client):
 
     def finish_later() -> float:
         time.sleep(0.5)
-        job = store.get(job_id)
-        assert store.transition(
-            job.model_copy(update={"status": JobStatus.RUNNING}), [JobStatus.QUEUED]
-        )
-        done = job.model_copy(update={"status": JobStatus.FAILED})
-        assert store.transition(done, [JobStatus.RUNNING])
+        claim = lifecycle.claim(store.get(job_id), "w", tag=job_id)
+        assert store.apply(claim)
+        assert store.apply(lifecycle.finish(claim.job, claim.new_run, status=JobStatus.FAILED))
         return time.monotonic()
 
     with ThreadPoolExecutor(1) as pool:

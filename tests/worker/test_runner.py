@@ -57,3 +57,34 @@ def test_cut_int_is_truncated_even_though_its_prefix_parses():
 def test_nonconforming_output_that_stopped_is_invalid():
     with pytest.raises(OutputInvalid, match="does not fully match"):
         _result(_job(IntSpec()), _generation("12a", "stop"))
+
+
+class _NoEngine:
+    """The runner's engine in a test that never reaches it."""
+
+    alive = True
+
+    def submit(self, requests):
+        assert not requests, "nothing here should reach the engine"
+
+
+def test_a_record_the_worker_cannot_read_fails_at_once_instead_of_staying_queued(
+    redis_client,
+):
+    import json
+
+    from shared.keys import job_key
+    from shared.store import JobStore
+    from worker.runner import JobRunner
+    from worker.settings import WorkerSettings
+
+    store = JobStore(redis_client, 100)
+    store.create(Job(id="new", model="m", prompt="x"))
+    # As a newer gateway might write it: a field this worker's Job does not know.
+    spec = json.loads(redis_client.hget(job_key("new"), "spec"))
+    redis_client.hset(job_key("new"), "spec", json.dumps({**spec, "from_the_future": 1}))
+    runner = JobRunner(store, _NoEngine(), WorkerSettings(worker_id="w", model="m"))  # type: ignore[arg-type]
+    runner._claim(store.take("m", 10))
+    job = store.get("new")
+    assert job.status == "failed" and job.error.code == "unreadable_job"
+    assert "from_the_future" in job.error.message

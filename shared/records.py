@@ -1,0 +1,42 @@
+"""Records that cross a process boundary through Redis, other than the job itself
+(``shared.jobs``): each is written by one kind of process and read by another, through
+these models on both sides.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["WebhookDelivery", "WorkerAnnouncement"]
+
+
+class _Record(BaseModel):
+    # Readers ignore fields a newer writer added (rolling upgrades), rather than fail.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class WorkerAnnouncement(_Record):
+    """A worker's heartbeat key (``shared.keys.worker_key``): it is up, with its engine loaded,
+    serving ``model`` from ``queue``. Written by the worker, read by the gateway (the model list,
+    the janitor) and the probes."""
+
+    worker_id: str
+    model: str
+    queue: str
+    max_model_len: int | None = None
+    pid: int
+    ready_at: datetime
+
+
+class WebhookDelivery(_Record):
+    """One event of one job to deliver (``shared.keys.delivery_key``'s ``spec`` field): stored by
+    the status change that makes it due, read by the webhook worker for every attempt."""
+
+    id: str  # the webhook-id, the same on every attempt
+    job_id: str
+    event: Literal["started", "completed"]
+    url: str
+    payload: str  # the exact body to send (and sign)
