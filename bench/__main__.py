@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +42,9 @@ from tqdm import tqdm
 
 from bench import workloads
 from bench.baseline import RawEngine
+from bench.ceiling import run_ceiling
+from bench.ceiling import table as ceiling_table
+from bench.pairing import paired as _paired
 from scripts.stack import Stack, free_port, start_redis
 from worker.settings import WorkerSettings
 
@@ -290,27 +292,6 @@ def _latency_figures(samples: list[tuple[float, float]]) -> dict[str, Any]:
         "outside_engine_p50_s": statistics.median(outside),
         "outside_engine_p99_s": _percentiles(outside)["p99_s"],
     }
-
-
-# vLLM's multiprocess executor keeps polling its shared-memory queue for 1 s after its last
-# message (shm_broadcast's busy_loop_s), a whole core on CPU: each side starts once the other
-# engine has gone quiet.
-_SETTLE_S = 1.5
-
-
-def _settled(run: Callable[[], _R]) -> _R:
-    time.sleep(_SETTLE_S)
-    return run()
-
-
-def _paired(i: int, raw: Callable[[], _R], ours: Callable[[], _T]) -> tuple[_R, _T]:
-    """Run both sides of one measurement back to back, in turn first, so that neither always
-    gets the machine as the other left it."""
-    if i % 2 == 0:
-        first = _settled(raw)
-        return first, _settled(ours)
-    second = _settled(ours)
-    return _settled(raw), second
 
 
 def run_both(
@@ -563,19 +544,30 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--results", type=Path, default=_RESULTS)
+    parser.add_argument(
+        "--ceiling-only",
+        action="store_true",
+        help="only the near-free engine's section (seconds, not half an hour)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="structq-bench-"))
     plan = build_plan(args.scale)
-    phases = tqdm(total=5, desc="bench", file=sys.stderr)
-    phases.set_postfix_str("starting both engines")
-    baseline, structq = run_both(plan, workdir, args.scale, phases)
-    phases.set_postfix_str("gateway alone")
-    gateway = gateway_alone(workdir, args.wrk_seconds, args.wrk_connections)
+    phases = tqdm(total=6, desc="bench", file=sys.stderr)
+    phases.set_postfix_str("near-free engine")
+    ceiling = run_ceiling(workdir, _scaled(2000, args.scale, 16))
     phases.update(1)
+    if args.ceiling_only:
+        summary: dict[str, Any] = {"ceiling": ceiling}
+    else:
+        phases.set_postfix_str("starting both engines")
+        baseline, structq = run_both(plan, workdir, args.scale, phases)
+        phases.set_postfix_str("gateway alone")
+        gateway = gateway_alone(workdir, args.wrk_seconds, args.wrk_connections)
+        phases.update(1)
+        summary = {"ceiling": ceiling, **summarize(baseline, structq, gateway)}
     phases.close()
 
-    summary = summarize(baseline, structq, gateway)
     now = datetime.now(UTC)
     report = {
         "started_at": now.isoformat(),
@@ -594,7 +586,9 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     (args.results / "latest.json").write_text(text)
     (args.results / f"{now:%Y-%m-%dT%H%M%SZ}.json").write_text(text)
-    print(table(summary))
+    print("\n".join(ceiling_table(ceiling)))
+    if not args.ceiling_only:
+        print(table(summary))
     print(f"figures: {args.results / 'latest.json'}")
 
 

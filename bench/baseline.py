@@ -28,13 +28,14 @@ Body = dict[str, Any]
 
 
 class Baseline:
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, model_path: Path | None = None) -> None:
         """``share``: the part of the engine's default memory this one takes (two engines are
-        resident, this one and the worker's, which is given the same figure)."""
+        resident, this one and the worker's, which is given the same figure). ``model_path``:
+        another model than the worker settings'."""
         from vllm import LLM
 
         settings = WorkerSettings.load()
-        model_path = settings.model_path or prepare_default_model(settings.cache_dir)
+        model_path = model_path or settings.model_path or prepare_default_model(settings.cache_dir)
         kwargs = engine_kwargs(settings, model_path)
         if settings.gpu_memory_utilization is None:
             kwargs["gpu_memory_utilization"] = round(kwargs["gpu_memory_utilization"] * share, 3)
@@ -60,7 +61,11 @@ class Baseline:
         return prompt, params
 
     def burst(self, bodies: list[Body]) -> dict[str, float]:
-        """All requests at once, as ``LLM.generate`` of the whole list."""
+        """All requests at once, as ``LLM.generate`` of the whole list; with the CPU time of
+        this process (vLLM's frontend: building, tokenizing, detokenizing) and of the engine's
+        own processes."""
+        engine_before = _children_cpu()
+        cpu_before = time.process_time()
         started = time.perf_counter()
         prompts, params = zip(*(self._request(b) for b in bodies), strict=True)
         outputs = self.llm.generate(list(prompts), list(params), use_tqdm=False)
@@ -71,6 +76,9 @@ class Baseline:
             "wall_s": wall,
             "tokens": tokens,
             "tokens_per_s": tokens / wall,
+            "jobs_per_s": len(bodies) / wall,
+            "frontend_cpu_s": time.process_time() - cpu_before,
+            "engine_cpu_s": _children_cpu() - engine_before,
         }
 
     def single(self, body: Body, repeats: int) -> list[float]:
@@ -84,13 +92,27 @@ class Baseline:
         return times
 
 
-def serve(conn: Connection, log_path: str, share: float) -> None:
+def _children_cpu() -> float:
+    """CPU seconds of this process's children (vLLM's EngineCore and its workers)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def serve(conn: Connection, log_path: str, share: float, model_path: str | None = None) -> None:
     """The raw engine's process: build it, say so, then run what the benchmark sends
     (``("burst", bodies)`` or ``("single", (body, repeats))``) until it sends None."""
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)  # vLLM logs to stdout: keep it off the benchmark's table
     os.dup2(log, 2)
-    baseline = Baseline(share)
+    baseline = Baseline(share, Path(model_path) if model_path else None)
     conn.send(
         {
             "cold_start_s": baseline.cold_start_s,
@@ -111,12 +133,15 @@ class RawEngine:
     """The parent's handle on the raw engine's process (spawned: vLLM's own EngineCore process
     must not inherit a forked copy of the benchmark)."""
 
-    def __init__(self, log_path: Path, share: float = 0.5) -> None:
+    def __init__(self, log_path: Path, share: float = 0.5, model_path: Path | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._log_path = log_path
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=serve, args=(child, str(log_path), share), name="raw-vllm", daemon=False
+            target=serve,
+            args=(child, str(log_path), share, str(model_path) if model_path else None),
+            name="raw-vllm",
+            daemon=False,
         )
         self._proc.start()
         child.close()

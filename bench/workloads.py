@@ -129,3 +129,55 @@ def compile_probe_jobs(n: int, salt: str) -> list[Body]:
 def latency_job(i: int = 0, tokens: int = 16) -> Body:
     """The single request of the low-load latency runs."""
     return text_jobs(i + 1, tokens)[i]
+
+
+# -- the near-free engine's workloads (the queue's own ceiling) ----------------------------
+
+_SENTIMENT = ["positive", "negative", "neutral"]
+_TICKET_SCHEMA = {
+    "type": "object",
+    "properties": {"urgent": {"type": "boolean"}, "team": {"type": "string", "maxLength": 8}},
+    "required": ["urgent", "team"],
+}
+
+
+def short_text_jobs(n: int) -> list[Body]:
+    """(a) 8-token text jobs (`ignore_eos`: every one generates exactly 8 tokens)."""
+    return [
+        {
+            "prompt": f"Ticket {i}: the printer is on fire.",
+            "sampling": {"max_tokens": 8, "ignore_eos": True},
+        }
+        for i in range(n)
+    ]
+
+
+def choice_jobs(n: int) -> list[Body]:
+    """(b) Classification: one of three labels."""
+    return [
+        {
+            "prompt": f"Review {i}: the soup was cold. Sentiment:",
+            "output_type": {"type": "choice", "choices": _SENTIMENT},
+            "sampling": {"max_tokens": 8},
+        }
+        for i in range(n)
+    ]
+
+
+def small_schema_jobs(n: int) -> list[Body]:
+    """(c) Extraction: a small JSON Schema shared by every job."""
+    return [
+        {
+            "prompt": f"Ticket {i}: the printer is on fire. As JSON:",
+            "output_type": {"type": "json_schema", "schema": _TICKET_SCHEMA},
+            "sampling": {"max_tokens": 24},
+        }
+        for i in range(n)
+    ]
+
+
+CEILING_WORKLOADS = {
+    "text_8": short_text_jobs,
+    "choice": choice_jobs,
+    "json_small": small_schema_jobs,
+}

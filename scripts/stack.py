@@ -25,7 +25,10 @@ from types import TracebackType
 import httpx
 import redis
 
-from shared.keys import WEBHOOK_WORKER_PREFIX, WORKER_PREFIX
+from shared.keys import WEBHOOK_WORKER_PREFIX
+from shared.records import WorkerAnnouncement
+from shared.redis_pools import sync_client
+from shared.workers import live_workers_sync
 
 __all__ = ["Stack", "StackError", "free_port", "start_redis"]
 
@@ -116,16 +119,23 @@ class _Child:
 
 
 def start_redis(
-    workdir: Path, port: int | None = None, durable: bool = False
+    workdir: Path,
+    port: int | None = None,
+    durable: bool = False,
+    fsync: str = "everysec",
+    replica_of: int | None = None,
 ) -> tuple[_Child, str]:
-    """A Redis server on a free local port (or ``port``), its files in ``workdir``.
-    ``durable``: as structq runs it in production, with an append-only file fsynced every
-    second and no eviction (a full Redis refuses writes rather than drop jobs); else no
-    persistence at all."""
+    """A Redis server on a free local port (or ``port``), its files in ``workdir/redis-<port>``.
+    ``durable``: as structq runs it in production, with an append-only file fsynced ``fsync``
+    (``everysec`` or ``always``) and no eviction (a full Redis refuses writes rather than drop
+    jobs); else no persistence at all. ``replica_of``: a replica of the local Redis on that
+    port."""
     server = shutil.which("redis-server")
     if server is None:
         raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
     port = port or free_port()
+    data = workdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
     child = _Child(
         "redis",
         [
@@ -137,29 +147,65 @@ def start_redis(
             "--save",
             "",
             *(
-                ["--appendonly", "yes", "--appendfsync", "everysec"]
+                ["--appendonly", "yes", "--appendfsync", fsync]
                 if durable
                 else ["--appendonly", "no"]
             ),
+            *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []),
             "--maxmemory-policy",
             "noeviction",
             "--dir",
-            str(workdir),
+            str(data),
         ],
         os.environ,
-        workdir / "redis.log",
+        data / "redis.log",
     )
     url = f"redis://127.0.0.1:{port}/0"
+    _wait_for_redis(child, url)
+    return child, url
+
+
+def _wait_for_redis(child: _Child, url: str) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 10
     while True:
         try:
             client.ping()
-            return child, url
-        except redis.ConnectionError:
+            return
+        except (redis.ConnectionError, redis.BusyLoadingError):
             if not child.alive() or time.monotonic() > deadline:
                 raise StackError(f"redis did not start:\n{child.tail()}") from None
             time.sleep(0.05)
+        finally:
+            client.close()
+
+
+SENTINEL_SERVICE = "structq"
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def start_sentinel(workdir: Path, primary_port: int) -> tuple[_Child, int]:
+    """A Redis Sentinel on a free local port watching the primary on ``primary_port`` (quorum 2,
+    down after 1 s), its config (which it rewrites) in ``workdir/sentinel-<port>``."""
+    port = free_port()
+    data = workdir / f"sentinel-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {data}\n"
+        f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary_port} 2\n"
+        f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+        f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
+        f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+    )
+    server = shutil.which("redis-sentinel") or shutil.which("redis-server")
+    argv = [server, str(conf)] if server.endswith("sentinel") else [server, str(conf), "--sentinel"]
+    child = _Child("redis", argv, os.environ, data / "sentinel.log")
+    _wait_for_redis(child, f"redis://127.0.0.1:{port}/0")
+    return child, port
 
 
 class Stack:
@@ -172,6 +218,8 @@ class Stack:
         worker: bool = True,
         ready_timeout_s: float = 600,
         webhooks: bool = False,
+        sentinel: bool = False,
+        redis_fsync: str = "everysec",
     ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="structq-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +234,14 @@ class Stack:
         self.worker: _Child | None = None
         self.gateway: _Child | None = None
         self._redis: _Child | None = None
+        self._sentinel = sentinel
+        self._fsync = redis_fsync
+        self.redis_port = 0
+        # With ``sentinel``: a replica of the primary and three Sentinels watching it; then
+        # ``redis_url`` is the Sentinel form every part connects with.
+        self.replica: _Child | None = None
+        self.replica_port = 0
+        self.sentinel_ports: list[int] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -217,8 +273,11 @@ class Stack:
     def start(self) -> None:
         """Start everything; if any part fails, stop what did start before raising."""
         try:
-            self._redis, self.redis_url = start_redis(self.workdir, durable=True)
+            self._redis, self.redis_url = start_redis(self.workdir, durable=True, fsync=self._fsync)
+            self.redis_port = _port_of(self.redis_url)
             self._children.append(self._redis)
+            if self._sentinel:
+                self._start_sentinels()
             _log(f"redis on {self.redis_url}")
             if self._with_worker:
                 self.start_worker()
@@ -229,16 +288,79 @@ class Stack:
             self.stop()
             raise
 
-    def restart_redis(self) -> None:
-        """Stop Redis (SIGTERM: it flushes its append-only file) and start it again on the
-        same port with the same files."""
-        assert self._redis is not None
-        self._redis.stop(10)
+    def _start_sentinels(self) -> None:
+        self.replica, replica_url = start_redis(
+            self.workdir, durable=True, fsync=self._fsync, replica_of=self.redis_port
+        )
+        self.replica_port = _port_of(replica_url)
+        self._children.append(self.replica)
+        for _ in range(3):
+            child, port = start_sentinel(self.workdir, self.redis_port)
+            self._children.append(child)
+            self.sentinel_ports.append(port)
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.redis_url = f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+        deadline = time.monotonic() + 30
+        while self.primary_port() != self.redis_port or not self._replica_in_sync():
+            if time.monotonic() > deadline:
+                raise StackError("the Sentinels did not agree on the primary in time")
+            time.sleep(0.2)
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the Sentinels name now (None: none answers)."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                address = client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+                return int(address[1]) if address else None
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return None
+
+    def _replica_in_sync(self) -> bool:
+        client = redis.Redis(port=self.replica_port, socket_timeout=1)
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary Redis (with ``sentinel``); wait until the Sentinels promote the
+        replica; the new primary's port."""
+        assert self._sentinel and self._redis is not None
+        self._redis.kill()
         self._children.remove(self._redis)
-        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
-        self._redis, _ = start_redis(self.workdir, port=port, durable=True)
+        deadline = time.monotonic() + 60
+        while (port := self.primary_port()) in (None, self.redis_port):
+            if time.monotonic() > deadline:
+                raise StackError("no failover within 60 s")
+            time.sleep(0.2)
+        _log(f"redis primary {self.redis_port} killed; the Sentinels promoted {port}")
+        return port
+
+    def restart_redis(self, down_s: float = 0.0, kill: bool = False) -> None:
+        """Stop Redis (SIGTERM: it flushes its append-only file; ``kill``: SIGKILL, it writes
+        nothing more), keep it down ``down_s``, and start it again on the same port with the same
+        files."""
+        assert self._redis is not None
+        if kill:
+            self._redis.kill()
+        else:
+            self._redis.stop(10)
+        self._children.remove(self._redis)
+        time.sleep(down_s)
+        self._redis, _ = start_redis(
+            self.workdir, port=self.redis_port, durable=True, fsync=self._fsync
+        )
         self._children.append(self._redis)
-        _log(f"redis restarted on {self.redis_url}")
+        _log(
+            f"redis {'killed' if kill else 'stopped'}, {down_s:.0f}s down, restarted on port "
+            f"{self.redis_port}"
+        )
 
     def stop_worker(self, sig: int = signal.SIGTERM, timeout_s: float = 120) -> int:
         """Send ``sig`` to the worker process alone and wait for it to exit; its exit code
@@ -265,14 +387,13 @@ class Stack:
         _log(f"worker ready in {self.worker_ready_s:.1f}s")
         return self.worker
 
-    def wait_worker_ready(self, worker: _Child) -> dict[str, object]:
-        client = redis.Redis.from_url(self.redis_url)
+    def wait_worker_ready(self, worker: _Child) -> WorkerAnnouncement:
+        client = sync_client(self.redis_url)
         deadline = time.monotonic() + self._ready_timeout_s
         while time.monotonic() < deadline:
-            for key in client.scan_iter(f"{WORKER_PREFIX}*"):
-                raw = client.get(key)
-                if raw and json.loads(raw).get("pid") == worker.proc.pid:
-                    return json.loads(raw)
+            for announced in live_workers_sync(client):
+                if announced.pid == worker.proc.pid:
+                    return announced
             if not worker.alive():
                 raise StackError(f"the worker exited during start-up:\n{worker.tail()}")
             time.sleep(0.25)
@@ -290,7 +411,7 @@ class Stack:
         )
         self._children.append(child)
         self.webhooks = child
-        client = redis.Redis.from_url(self.redis_url)
+        client = sync_client(self.redis_url)
         deadline = time.monotonic() + 60
         while True:
             for key in client.scan_iter(f"{WEBHOOK_WORKER_PREFIX}*"):
@@ -329,6 +450,16 @@ class Stack:
             time.sleep(0.1)
         _log(f"{name} on {url}")
         return child, url
+
+    def pids(self) -> dict[str, int]:
+        """The main process of each part that runs: redis, worker, webhooks, gateway."""
+        parts = {
+            "redis": self._redis,
+            "worker": self.worker,
+            "webhooks": self.webhooks,
+            "gateway": self.gateway,
+        }
+        return {name: child.proc.pid for name, child in parts.items() if child and child.alive()}
 
     def stop(self, worker_grace_s: float = 60) -> dict[str, list[int]]:
         """Stop gateway, worker, then Redis; return any process still alive, by child."""

@@ -69,7 +69,11 @@ def test_every_manifest_and_overlay_is_listed_in_its_kustomization():
     for kustomization in K8S.rglob("kustomization.yaml"):
         spec = yaml.safe_load(kustomization.read_text())
         listed = {(kustomization.parent / r).resolve() for r in spec.get("resources", [])}
-        listed |= {(kustomization.parent / p["path"]).resolve() for p in spec.get("patches", [])}
+        listed |= {
+            (kustomization.parent / p["path"]).resolve()
+            for p in spec.get("patches", [])
+            if "path" in p  # else an inline patch
+        }
         for path in kustomization.parent.glob("*.yaml"):
             if path.name != "kustomization.yaml":
                 assert path.resolve() in listed, f"{path} is not in {kustomization}"
@@ -327,3 +331,63 @@ def test_the_gateway_needs_neither_vllm_nor_torch():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# -- the high-availability overlay (Sentinel) ------------------------------------------------
+
+HA = K8S / "overlays" / "ha"
+
+
+def _ha_patched() -> dict[tuple[str, str], dict[str, Any]]:
+    """The base resources with the HA overlay's inline patches applied (its `replace` ops)."""
+    import copy
+
+    kustomization = yaml.safe_load((HA / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../../base", "redis-ha.yaml"]
+    docs = {(d["kind"], d["metadata"]["name"]): copy.deepcopy(d) for d in BASE}
+    for patch in kustomization["patches"]:
+        target = docs[(patch["target"]["kind"], patch["target"]["name"])]
+        for op in yaml.safe_load(patch["patch"]):
+            assert op["op"] == "replace"
+            *parents, leaf = op["path"].strip("/").split("/")
+            node = target
+            for part in parents:
+                node = node[part]
+            assert leaf in node, op["path"]  # a replace of something that exists
+            node[leaf] = op["value"]
+    for doc in _documents(HA / "redis-ha.yaml"):
+        docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def test_the_ha_overlay_connects_everything_through_three_sentinels():
+    from shared.redis_pools import parse_sentinel
+
+    docs = _ha_patched()
+    url = docs[("ConfigMap", "structq-config")]["data"]["STRUCTQ_REDIS_URL"]
+    target = parse_sentinel(url)
+    assert target is not None and target.service == "structq"
+    sentinels = docs[("StatefulSet", "redis-sentinel")]
+    service = sentinels["spec"]["serviceName"]
+    assert docs[("Service", service)]["spec"]["clusterIP"] == "None"
+    assert target.sentinels == [
+        (f"redis-sentinel-{i}.{service}.structq.svc.cluster.local", 26379)
+        for i in range(sentinels["spec"]["replicas"])
+    ]
+    assert sentinels["spec"]["replicas"] == 3
+    scripts = docs[("ConfigMap", "redis-ha-scripts")]["data"]
+    assert "sentinel monitor structq $primary 6379 2" in scripts["sentinel.sh"]
+    for flag in ("--appendonly yes", "--maxmemory-policy noeviction"):
+        assert flag in scripts["node.sh"]
+    assert docs[("StatefulSet", "redis-node")]["spec"]["replicas"] == 2
+    assert docs[("StatefulSet", "redis")]["spec"]["replicas"] == 0
+    # KEDA reads the very lists the pool's worker takes from, through the same Sentinels.
+    scaled = docs[("ScaledObject", "worker-smollm2")]
+    jsonschema.validate(scaled, _crd_schema())
+    triggers = scaled["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"redis-sentinel"}
+    assert [t["metadata"]["listName"] for t in triggers] == queue_lists("SmolLM2-135M-Instruct")
+    for trigger in triggers:
+        addresses = [a.strip() for a in trigger["metadata"]["addresses"].split(",")]
+        assert addresses == [f"{host}:{port}" for host, port in target.sentinels]
+        assert trigger["metadata"]["sentinelMaster"] == target.service

@@ -17,6 +17,10 @@ TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 NO_WORKERS = "no-workers-model"
 # How long the OpenAI-compatible routes wait for their jobs in the e2e stack.
 OPENAI_WAIT_S = 20
+# The janitor's grace for workers whose heartbeat lapsed (a Redis outage) and lost messages,
+# and how often it looks for lost messages, in the e2e stack (production: 10 s and 5 s).
+ORPHAN_GRACE_S = 5
+RECONCILE_INTERVAL_S = 1
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"structq-e2e-webhook-secret-01234").decode()
 
 
@@ -37,6 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Crash recovery within seconds rather than the production defaults' minutes.
             "STRUCTQ_HEARTBEAT_TTL_S": "3",
             "STRUCTQ_JANITOR_INTERVAL_S": "0.5",
+            "STRUCTQ_ORPHAN_GRACE_S": str(ORPHAN_GRACE_S),
+            "STRUCTQ_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
             "STRUCTQ_DRAIN_TIMEOUT_S": "5",
             "STRUCTQ_MAX_ATTEMPTS": "2",
             # Lets a test submit a job that kills its worker (off in any real deployment).

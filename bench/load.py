@@ -1,0 +1,119 @@
+"""The benchmark's load client: several processes, each an aiohttp session, so that the client
+never bounds what it measures (its own CPU time is reported beside the servers').
+
+``batch``: jobs submitted with ``POST /v1/jobs/batch`` (500 a request) and collected with
+``POST /v1/jobs/wait``, as a client with a dataset would. ``single``: one ``POST /v1/jobs`` a job,
+then one long-poll ``GET /v1/jobs/{id}?wait=`` a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["run_load"]
+
+Body = dict[str, Any]
+_BATCH = 500
+
+
+async def _batch(session: Any, bodies: list[Body]) -> list[dict[str, Any]]:
+    ids: list[str] = []
+    for start in range(0, len(bodies), _BATCH):
+        async with session.post(
+            "/v1/jobs/batch", json={"jobs": bodies[start : start + _BATCH]}
+        ) as r:
+            rows = (await r.json())["data"]
+        refused = [row for row in rows if row["status"] != 202]
+        if refused:
+            raise RuntimeError(f"the gateway refused jobs: {refused[:2]}")
+        ids += [row["id"] for row in rows]
+    jobs: list[dict[str, Any]] = []
+    pending = ids
+    while pending:
+        async with session.post(
+            "/v1/jobs/wait", json={"ids": pending[:1000], "timeout_s": 60}
+        ) as r:
+            data = await r.json()
+        jobs += data["data"]
+        done = {job["id"] for job in data["data"]}
+        pending = [job_id for job_id in pending if job_id not in done]
+    return jobs
+
+
+async def _single(session: Any, bodies: list[Body], connections: int) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(connections)
+
+    async def one(body: Body) -> dict[str, Any]:
+        async with gate, session.post("/v1/jobs", json=body) as r:
+            if r.status != 202:
+                raise RuntimeError(f"the gateway answered {r.status}: {await r.text()}")
+            job_id = (await r.json())["id"]
+        async with gate:
+            while True:
+                async with session.get(f"/v1/jobs/{job_id}", params={"wait": "60"}) as r:
+                    job = await r.json()
+                if job["status"] not in ("queued", "running"):
+                    return job
+
+    return list(await asyncio.gather(*(one(body) for body in bodies)))
+
+
+def _client(url: str, bodies: list[Body], mode: str, connections: int, conn: Connection) -> None:
+    import aiohttp
+
+    async def run() -> list[dict[str, Any]]:
+        connector = aiohttp.TCPConnector(limit=connections)
+        timeout = aiohttp.ClientTimeout(total=900)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+            conn.send("ready")
+            conn.recv()  # the go
+            cpu[0] = time.process_time()
+            if mode == "batch":
+                return await _batch(session, bodies)
+            return await _single(session, bodies, connections)
+
+    cpu = [0.0]
+    jobs = asyncio.run(run())
+    used = time.process_time() - cpu[0]
+    # Only what the benchmark reads, to keep the pipe light.
+    statuses = [(job["status"], (job.get("engine") or {}).get("max_batch", 0)) for job in jobs]
+    conn.send((statuses, used))
+    conn.close()
+
+
+def run_load(
+    url: str, bodies: list[Body], mode: str = "batch", processes: int = 2, connections: int = 64
+) -> tuple[float, list[tuple[str, int]], float]:
+    """Send ``bodies`` from ``processes`` client processes at once; (wall seconds from the go to
+    the last result, each job's (status, max_batch), the client processes' CPU seconds)."""
+    ctx = multiprocessing.get_context("fork")
+    pipes, procs = [], []
+    for i in range(processes):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_client, args=(url, bodies[i::processes], mode, connections, child), daemon=True
+        )
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    for pipe in pipes:
+        if pipe.recv() != "ready":
+            raise RuntimeError("a load client did not start")
+    started = time.perf_counter()
+    for pipe in pipes:
+        pipe.send("go")
+    results: list[tuple[str, int]] = []
+    cpu = 0.0
+    for pipe in pipes:
+        statuses, used = pipe.recv()
+        results += statuses
+        cpu += used
+    wall = time.perf_counter() - started
+    for proc in procs:
+        proc.join(30)
+    return wall, results, cpu
