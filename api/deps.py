@@ -6,6 +6,7 @@ a thread hop per dependency per request that cost the gateway a large share of i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,7 +16,22 @@ from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.store import AsyncJobStore
 
-__all__ = ["AdmissionDep", "SettingsDep", "StoreDep", "WaitersDep"]
+__all__ = ["AdmissionDep", "Gateway", "GatewayDep", "SettingsDep", "StoreDep", "WaitersDep"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """What a gateway process holds while it runs, built once at start-up: one dependency
+    hands all of it to a route (each dependency costs every request a call)."""
+
+    settings: ApiSettings
+    store: AsyncJobStore
+    admission: Admission
+    waiters: CompletionWaiters
+
+
+async def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
 
 
 async def _settings(request: Request) -> ApiSettings:
@@ -38,3 +54,4 @@ AdmissionDep = Annotated[Admission, Depends(_admission)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(_store)]
 WaitersDep = Annotated[CompletionWaiters, Depends(_waiters)]
+GatewayDep = Annotated[Gateway, Depends(_gateway)]

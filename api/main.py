@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.auth import KeyRing, rate_script
+from api.deps import Gateway
 from api.errors import install_error_handlers
 from api.janitor import Janitor
 from api.limits import BodyLimit
@@ -47,6 +48,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.stream_redis = async_client(settings.redis_url, settings.stream_max_connections)
         app.state.waiters = CompletionWaiters(client)
         await app.state.waiters.start()
+        app.state.gateway = Gateway(
+            settings, app.state.store, app.state.admission, app.state.waiters
+        )
         janitor = Janitor(app.state.store, settings)
         janitor.start()
         try:

@@ -45,6 +45,7 @@ __all__ = [
     "prepare",
     "submit",
     "submit_many",
+    "store_one",
     "wait_all",
     "wait_any",
 ]
@@ -224,6 +225,17 @@ async def submit(
     """Check a job, store it ``queued`` and enqueue it, atomically. Every refusal is a 4xx (or
     503 for a full queue) before anything is stored."""
     new = await prepare(settings, body, caller, idempotency_key, admission, fit_max_tokens)
+    return await store_one(store, settings, new, caller, idempotency_key)
+
+
+async def store_one(
+    store: AsyncJobStore,
+    settings: ApiSettings,
+    new: NewJob,
+    caller: Caller,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a prepared job (see ``prepare``) with its message, all or nothing."""
     created = (await store.create_many([new], _caps(settings, caller), _idem_ttl(settings)))[0]
     return await _outcome(store, new, created, caller, idempotency_key)
 
@@ -381,19 +393,19 @@ async def wait_any(
     ``linger_s`` more has passed), or after ``timeout_s``; with the ids still pending and the
     unknown ones (or, with ``scope``, another client's)."""
     async with waiters.watch_any(job_ids) as finished:
-        statuses = await store.statuses(job_ids, scope)
-        waiting = any(s is not None for s in statuses)  # unknown ids never finish
-        if timeout_s > 0 and waiting and not any(is_terminal(s) for s in statuses):
+        statuses = dict(zip(job_ids, await store.statuses(job_ids, scope), strict=True))
+        waiting = [i for i, s in statuses.items() if s is not None]  # unknown ids never finish
+        if timeout_s > 0 and waiting and not any(is_terminal(statuses[i]) for i in waiting):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=timeout_s)
                 if linger_s > 0:
                     await asyncio.sleep(linger_s)
-            statuses = await store.statuses(job_ids, scope)
-    done = [i for i, s in zip(job_ids, statuses, strict=True) if is_terminal(s)]
-    pending = [
-        i for i, s in zip(job_ids, statuses, strict=True) if s is not None and not is_terminal(s)
-    ]
-    unknown = [i for i, s in zip(job_ids, statuses, strict=True) if s is None]
+            # Only those announced finished are read again (all, if announcements were lost).
+            again = waiting if finished.everything else [i for i in waiting if i in finished.ids]
+            statuses.update(zip(again, await store.statuses(again, scope), strict=True))
+    done = [i for i in job_ids if is_terminal(statuses[i])]
+    pending = [i for i in job_ids if statuses[i] is not None and not is_terminal(statuses[i])]
+    unknown = [i for i in job_ids if statuses[i] is None]
     records = [raw for raw in await store.get_many_raw(done) if raw is not None]
     return records, pending, unknown
 

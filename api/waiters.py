@@ -19,15 +19,32 @@ import redis.exceptions
 
 from shared.keys import DONE_CHANNEL
 
-__all__ = ["CompletionWaiters"]
+__all__ = ["CompletionWaiters", "Finished"]
 
 log = logging.getLogger(__name__)
+
+
+class Finished(asyncio.Event):
+    """Set when a watched job finishes; remembers which ones did (``everything``: the listener
+    lost Redis meanwhile, so any of them may have, unannounced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.everything = False
+
+    def hit(self, job_id: str | None) -> None:
+        if job_id is None:
+            self.everything = True
+        else:
+            self.ids.add(job_id)
+        self.set()
 
 
 class CompletionWaiters:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._events: defaultdict[str, set[Finished]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -45,9 +62,9 @@ class CompletionWaiters:
                 await self._task
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, job_id: str) -> AsyncIterator[Finished]:
         """An event set when ``job_id`` reaches a terminal status, valid inside the block."""
-        event = asyncio.Event()
+        event = Finished()
         self._events[job_id].add(event)
         try:
             yield event
@@ -59,9 +76,10 @@ class CompletionWaiters:
                     del self._events[job_id]
 
     @contextlib.asynccontextmanager
-    async def watch_any(self, job_ids: list[str]) -> AsyncIterator[asyncio.Event]:
-        """One event set when any of ``job_ids`` reaches a terminal status, inside the block."""
-        event = asyncio.Event()
+    async def watch_any(self, job_ids: list[str]) -> AsyncIterator[Finished]:
+        """One event set when any of ``job_ids`` reaches a terminal status, inside the block;
+        it collects which."""
+        event = Finished()
         for job_id in job_ids:
             self._events[job_id].add(event)
         try:
@@ -84,14 +102,14 @@ class CompletionWaiters:
                     # One message per script call: the ids of every job it finished.
                     for job_id in message["data"].decode().split():
                         for event in self._events.get(job_id, ()):
-                            event.set()
+                            event.hit(job_id)
             except (redis.exceptions.RedisError, OSError) as exc:
                 self._subscribed.clear()
                 log.warning("completion listener lost Redis (%s); resubscribing", exc)
                 # Wake every waiter: each re-reads its job rather than miss a completion.
                 for events in self._events.values():
                     for event in events:
-                        event.set()
+                        event.hit(None)
                 await asyncio.sleep(1)
             finally:
                 with contextlib.suppress(Exception):

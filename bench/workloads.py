@@ -136,7 +136,7 @@ def latency_job(i: int = 0, tokens: int = 16) -> Body:
 _SENTIMENT = ["positive", "negative", "neutral"]
 _TICKET_SCHEMA = {
     "type": "object",
-    "properties": {"urgent": {"type": "boolean"}, "team": {"type": "string", "maxLength": 8}},
+    "properties": {"urgent": {"type": "boolean"}, "team": {"enum": ["it", "ops", "hr"]}},
     "required": ["urgent", "team"],
 }
 

@@ -381,6 +381,11 @@ class AsyncJobStore:
             return None, None
         return status, public_record(spec, state, hooks)
 
+    async def status(self, job_id: str, client: str | None = None) -> bytes | None:
+        """The job's status (None: unknown, or with ``client``, another client's)."""
+        status, owner = await self._redis.hmget(job_key(job_id), ["status", "client"])
+        return status if status is not None and _visible(owner, client) else None
+
     async def statuses(
         self, job_ids: Sequence[str], client: str | None = None
     ) -> list[bytes | None]:

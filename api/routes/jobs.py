@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from api import service
 from api.auth import CallerDep, authenticate
-from api.deps import AdmissionDep, SettingsDep, StoreDep, WaitersDep
+from api.deps import GatewayDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
@@ -47,10 +47,8 @@ _IDEMPOTENCY_KEY_MAX = 255
 )
 async def create_job(
     body: JobCreate,
-    store: StoreDep,
-    settings: SettingsDep,
+    gateway: GatewayDep,
     caller: CallerDep,
-    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -59,12 +57,51 @@ async def create_job(
             "(kept for STRUCTQ_IDEMPOTENCY_TTL_S). Same key, another body: 422.",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="`wait=N` (RFC 7240; N <= 60): answer once the job is finished, or "
+            "after N seconds with it as it is then: submit and long-poll in one request.",
+        ),
+    ] = None,
 ) -> Response:
-    """Validate a job, store it as ``queued`` and enqueue it for its model's worker pool."""
-    submitted = await service.submit(
-        store, settings, body, caller, idempotency_key, admission=admission
+    """Validate a job, store it as ``queued`` and enqueue it for its model's worker pool. With
+    ``Prefer: wait=N``, answer once it is finished (or after N seconds)."""
+    wait = _preferred_wait(prefer)
+    new = await service.prepare(
+        gateway.settings, body, caller, idempotency_key, admission=gateway.admission
     )
-    return _created(submitted.job_id, submitted.record, 202 if submitted.created else 200)
+    store, waiters = gateway.store, gateway.waiters
+    # Watched before it is stored, so that no completion can slip by, with no read in between.
+    async with waiters.watch(new.job.id) as finished:
+        submitted = await service.store_one(store, gateway.settings, new, caller, idempotency_key)
+        record = submitted.record
+        if wait and submitted.created:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=wait)
+    if wait and not submitted.created:  # an earlier job of this Idempotency-Key
+        record = await wait_for_terminal(store, waiters, submitted.job_id, wait, caller.scope)
+    elif wait and finished.is_set():
+        record = (await store.get_raw(submitted.job_id, caller.scope))[1]
+    if record is None:
+        raise JobNotFound(f"no job {submitted.job_id!r}")
+    response = _created(submitted.job_id, record, 202 if submitted.created else 200)
+    if wait:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+def _preferred_wait(prefer: str | None) -> float:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240), within MAX_WAIT_S; 0: none."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return min(max(float(value.strip().strip('"')), 0.0), MAX_WAIT_S)
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _created(job_id: str, record: str | bytes, status_code: int) -> Response:
@@ -138,8 +175,7 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
 async def get_job(
     job_id: str,
-    store: StoreDep,
-    waiters: WaitersDep,
+    gateway: GatewayDep,
     caller: CallerDep,
     wait: Annotated[
         float,
@@ -152,10 +188,11 @@ async def get_job(
     ] = 0,
 ) -> Response:
     """The job as stored: its status, timestamps, and its result or error once finished."""
+    store = gateway.store
     if wait <= 0:
         return _job_response(job_id, (await store.get_raw(job_id, caller.scope))[1])
     return _job_response(
-        job_id, await wait_for_terminal(store, waiters, job_id, wait, caller.scope)
+        job_id, await wait_for_terminal(store, gateway.waiters, job_id, wait, caller.scope)
     )
 
 
@@ -169,12 +206,13 @@ async def wait_for_terminal(
     """The job's record once it is terminal, or as it is after ``timeout_s`` (None: unknown,
     or not ``scope``'s job)."""
     async with waiters.watch(job_id) as finished:
-        status, raw = await store.get_raw(job_id, scope)
-        if raw is not None and not is_terminal(status):
+        status = await store.status(job_id, scope)  # the record itself is read once, at the end
+        if status is None:
+            return None
+        if not is_terminal(status):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=timeout_s)
-            status, raw = await store.get_raw(job_id, scope)
-    return raw
+    return (await store.get_raw(job_id, scope))[1]
 
 
 @router.get(

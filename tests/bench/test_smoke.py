@@ -59,6 +59,7 @@ def test_benchmark_runs_and_writes_its_figures(tmp_path: Path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert not _vllm_processes() - before, "the benchmark left vLLM engine processes running"
     assert "Burst throughput" in run.stdout and "Gateway alone" in run.stdout
+    assert "Queue ceiling" in run.stdout
     latest = json.loads((tmp_path / "latest.json").read_text())
     dated = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
     assert len(dated) == 1 and json.loads(dated[0].read_text()) == latest
@@ -71,7 +72,12 @@ def test_benchmark_runs_and_writes_its_figures(tmp_path: Path):
         "latency",
         "gateway",
         "schema",
+        "ceiling",
     } <= latest.keys()
+    for name in ("text_8", "choice", "json_small", "text_8_single"):
+        row = latest["ceiling"][name]
+        assert row["structq"]["succeeded"] == row["structq"]["jobs"] > 0, row["structq"]
+        assert row["baseline"]["jobs_per_s"] > 0
     assert set(latest["burst"]) == {"text_256x64", "json_schema_128", "mixed_128"}
     for row in latest["burst"].values():
         assert row["structq"]["tokens"] > 0 and row["baseline"]["tokens"] > 0
