@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
+import uuid
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -20,14 +21,37 @@ Body = dict[str, Any]
 _BATCH = 500
 
 
+async def _retried(call: Any) -> Any:
+    """``call()``, again when the server closed a kept-alive connection as it was reused (the
+    requests carry idempotency keys: sending one twice makes one job)."""
+    import aiohttp
+
+    for attempt in range(4):
+        try:
+            return await call()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+async def _post_json(session: Any, path: str, body: Any, **kwargs: Any) -> tuple[int, Any]:
+    async def call() -> tuple[int, Any]:
+        async with session.post(path, json=body, **kwargs) as r:
+            return r.status, await r.json()
+
+    result: tuple[int, Any] = await _retried(call)
+    return result
+
+
 async def _batch(session: Any, bodies: list[Body]) -> list[dict[str, Any]]:
     ids: list[str] = []
-    for start in range(0, len(bodies), _BATCH):
-        async with session.post(
-            "/v1/jobs/batch", json={"jobs": bodies[start : start + _BATCH]}
-        ) as r:
-            rows = (await r.json())["data"]
-        refused = [row for row in rows if row["status"] != 202]
+    keyed = [{**body, "idempotency_key": uuid.uuid4().hex} for body in bodies]
+    for start in range(0, len(keyed), _BATCH):
+        chunk = {"jobs": keyed[start : start + _BATCH]}
+        rows = (await _post_json(session, "/v1/jobs/batch", chunk))[1]["data"]
+        refused = [row for row in rows if row["status"] not in (200, 202)]
         if refused:
             raise RuntimeError(f"the gateway refused jobs: {refused[:2]}")
         ids += [row["id"] for row in rows]
@@ -36,8 +60,7 @@ async def _batch(session: Any, bodies: list[Body]) -> list[dict[str, Any]]:
     while pending:
         # A dataset's client is in no hurry for each result: fewer, fuller answers.
         wait = {"ids": pending[:1000], "timeout_s": 60, "linger_ms": 250}
-        async with session.post("/v1/jobs/wait", json=wait) as r:
-            data = await r.json()
+        data = (await _post_json(session, "/v1/jobs/wait", wait))[1]
         jobs += data["data"]
         done = {job["id"] for job in data["data"]}
         pending = [job_id for job_id in pending if job_id not in done]
@@ -50,13 +73,17 @@ async def _single(session: Any, bodies: list[Body], connections: int) -> list[di
     async def one(body: Body) -> dict[str, Any]:
         async with gate:
             # Submit and wait in one request (Prefer: wait); long-poll on if it is not done.
-            async with session.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"}) as r:
-                if r.status != 202:
-                    raise RuntimeError(f"the gateway answered {r.status}: {await r.text()}")
-                job = await r.json()
+            headers = {"Prefer": "wait=60", "Idempotency-Key": uuid.uuid4().hex}
+            status, job = await _post_json(session, "/v1/jobs", body, headers=headers)
+            if status not in (200, 202):
+                raise RuntimeError(f"the gateway answered {status}: {job}")
+
+            async def poll(job_id: str = job["id"]) -> Any:
+                async with session.get(f"/v1/jobs/{job_id}", params={"wait": "60"}) as r:
+                    return await r.json()
+
             while job["status"] in ("queued", "running"):
-                async with session.get(f"/v1/jobs/{job['id']}", params={"wait": "60"}) as r:
-                    job = await r.json()
+                job = await _retried(poll)
             return job
 
     return list(await asyncio.gather(*(one(body) for body in bodies)))
