@@ -69,7 +69,7 @@ __all__ = [
 # ``run`` (the token of the latest claim; a run's own writes must carry it) and ``owner`` (its
 # worker), ``msg`` (the delivery tag of the job's current task message), ``deadline`` (epoch s,
 # '' for none), ``model`` and ``client`` (for the indexes), ``cancel`` (a running job's pending
-# cancel).
+# cancel), ``hook`` (the key of its latest webhook delivery, which the next one waits for).
 JOB_PREFIX = "structq:job:"
 
 # Sorted sets of job ids: every job by creation time, and one per status by the time the job
@@ -101,7 +101,8 @@ CANCEL_CHANNEL = "structq:cancel"
 DONE_CHANNEL = "structq:done"
 
 # Webhooks. A hash per delivery (one event of one job, retried under one webhook-id): its
-# spec and payload, attempts so far, state. The Celery queue the webhook worker consumes, the
+# spec and payload, attempts so far, state, ``after`` (the job's previous delivery, whose first
+# attempt it waits for) and ``waits`` (how often it has waited). The Celery queue the webhook worker consumes, the
 # task it runs, and a sorted set of deliveries waiting for their next attempt (by its time).
 DELIVERY_PREFIX = "structq:delivery:"
 WEBHOOK_QUEUE = "structq.webhooks"

@@ -95,7 +95,8 @@ return out
 #   6 new run token ('' keep); 7 new owner ('' keep); 8 expected message tag ('' any);
 #   9 new message tag ('' keep); 10 task message to push ('' none);
 #   11 deadline (epoch s; '' keep the stored one, '-' none); 12 dead letter ('1' add, '' remove);
-#   13 webhook delivery spec ('' none); 14 its task message;
+#   13 webhook delivery spec ('' none; it records the job's previous delivery as 'after', and
+#      becomes the job's 'hook'); 14 its task message;
 #   15 a message tag to release from kombu's unacked hash ('' none; done whatever the outcome);
 #   16 refuse if the expected message was taken by a consumer after this time (ms; '' no check).
 # Returns, per change: 1 applied (or already applied: the same status and state are stored);
@@ -188,7 +189,11 @@ for i = 0, #KEYS / 4 - 1 do
     end
     if terminal[status] then done[#done + 1] = id end
     if ARGV[a + 13] ~= '' then
+      -- Deliveries of one job go out in order: each waits for its predecessor's first attempt.
+      local previous = redis.call('HGET', job, 'hook')
       redis.call('HSET', delivery, 'spec', ARGV[a + 13], 'attempts', 0, 'state', 'pending')
+      if previous then redis.call('HSET', delivery, 'after', previous) end
+      redis.call('HSET', job, 'hook', delivery)
       redis.call('EXPIRE', delivery, ttl)
       redis.call('LPUSH', hook_queue, ARGV[a + 14])
     end

@@ -3,7 +3,8 @@
 It says which model and queue this worker serves (``shared.records.WorkerAnnouncement``); it
 exists only once the engine has loaded and vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker
 dying, so readiness checks (tests, the demo, probes), the served-model list and the janitor can
-rely on it. After Redis comes back from an outage it is written again within a second.
+rely on it. After Redis comes back from an outage it is written again within a few seconds
+(redis-py's own retries, then a new try every half second).
 """
 
 from __future__ import annotations
@@ -74,4 +75,7 @@ class Heartbeat:
                 wait = self._ttl_ms / 3000
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
+                wait = _RETRY_S
+            except Exception:  # never let the announcement die with the worker still up
+                log.exception("heartbeat not written")
                 wait = _RETRY_S

@@ -63,6 +63,9 @@ class Doorbell:
             except redis.RedisError as exc:
                 log.warning("doorbell: %s", exc)
                 self._stop.wait(0.5)
+            except Exception:  # the dispatcher still looks every second; keep listening
+                log.exception("doorbell")
+                self._stop.wait(0.5)
             self._ring()
 
 

@@ -33,6 +33,9 @@ __all__ = ["Deliverer"]
 
 log = logging.getLogger(__name__)
 
+# How long a delivery waits, each time, for the job's previous delivery to be attempted.
+_ORDER_WAIT_S = 0.2
+
 # KEYS: 1 schedule. ARGV: 1 now (epoch s), 2 queue, 3 delivery key prefix. Moves every due
 # delivery's prepared message onto the queue; returns how many.
 _MOVE_DUE = """#!lua
@@ -74,13 +77,16 @@ class Deliverer:
         Its reads and writes ride out a Redis outage (STRUCTQ_REDIS_OUTAGE_S): an attempt made
         is recorded once Redis is back."""
         key = delivery_key(delivery_id)
-        raw_spec, attempts, state = self._retrying(
-            lambda: self._redis.hmget(key, ["spec", "attempts", "state"])
+        raw_spec, attempts, state, after, waits = self._retrying(
+            lambda: self._redis.hmget(key, ["spec", "attempts", "state", "after", "waits"])
         )
         if raw_spec is None or state in (b"delivered", b"gave_up"):
             return None
-        spec = WebhookDelivery.model_validate_json(raw_spec)
         number = int(attempts or 0) + 1
+        if number == 1 and after is not None and self._waits_for(after, int(waits or 0)):
+            self._retrying(lambda: self._defer(key, delivery_id))
+            return "waiting"
+        spec = WebhookDelivery.model_validate_json(raw_spec)
         self._retrying(
             lambda: self._redis.hset(key, mapping={"attempts": number, "state": "sending"})
         )
@@ -116,12 +122,7 @@ class Deliverer:
             delay = schedule[number] * random.uniform(0.8, 1.2)
             if retry_after is not None:
                 delay = max(delay, retry_after)
-            retry_message = task_message(
-                delivery_id,
-                WEBHOOK_QUEUE,
-                task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
-                task=WEBHOOK_TASK_NAME,
-            )
+            retry_message = _next_message(delivery_id)
             due = time.time() + delay
 
         def write() -> None:
@@ -147,6 +148,23 @@ class Deliverer:
         )
         return outcome
 
+    def _waits_for(self, previous_key: bytes, waits: int) -> bool:
+        """Whether a job's delivery should wait for the job's previous one (``started`` before
+        ``completed``): until that one's first attempt is over, but no longer than one request
+        timeout and a margin (its worker may have died mid-attempt)."""
+        if waits >= round((self._settings.webhook_timeout_s + 5) / _ORDER_WAIT_S):
+            return False
+        state = self._retrying(lambda: self._redis.hget(previous_key, "state"))
+        return state in (b"pending", b"sending")
+
+    def _defer(self, key: str, delivery_id: str) -> None:
+        """Back into the schedule for a moment, with no attempt made (it keeps its number)."""
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, "message", _next_message(delivery_id))
+            pipe.hincrby(key, "waits", 1)
+            pipe.zadd(WEBHOOK_SCHEDULE, {delivery_id: time.time() + _ORDER_WAIT_S})
+            pipe.execute()
+
     def _post(self, spec: WebhookDelivery, at: datetime) -> httpx.Response:
         scheme, host, port, address = resolve_checked(
             spec.url, self._settings.webhook_allowed_networks
@@ -167,6 +185,16 @@ class Deliverer:
         }
         extensions = {"sni_hostname": host} if scheme == "https" else {}
         return self._http.post(pinned, content=body, headers=headers, extensions=extensions)
+
+
+def _next_message(delivery_id: str) -> str:
+    """The task message of a delivery's next turn (a new tag: the current one is in flight)."""
+    return task_message(
+        delivery_id,
+        WEBHOOK_QUEUE,
+        task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
+        task=WEBHOOK_TASK_NAME,
+    )
 
 
 def _outcome(status_code: int) -> str:

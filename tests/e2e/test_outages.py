@@ -101,9 +101,13 @@ def test_redis_down_20s_mid_burst_results_wait_and_are_written_once(stack, api):
     jobs = _finished(api, ids)
     for job in jobs.values():
         _once(job)
-    # The worker went on: it is announced again, and takes new jobs.
+    # The worker went on: it is announced again (its heartbeat retries on its own clock, so
+    # it may trail the result writes by a beat or two), and takes new jobs.
     client = sync_client(stack.redis_url)
-    assert any(w.pid == stack.worker.proc.pid for w in live_workers_sync(client))
+    deadline = time.monotonic() + 5
+    while not any(w.pid == stack.worker.proc.pid for w in live_workers_sync(client)):
+        assert time.monotonic() < deadline, "the worker did not announce itself again"
+        time.sleep(0.2)
     assert _finished(api, _burst(api, 2))
 
 

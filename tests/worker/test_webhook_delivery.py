@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared import lifecycle
-from shared.jobs import Job, WebhookSpec
+from shared.jobs import Job, JobStatus, WebhookSpec
 from shared.keys import WEBHOOK_QUEUE, WEBHOOK_SCHEDULE, delivery_key, hooks_key
 from shared.store import JobStore
 from tests.receiver import Receiver
@@ -149,3 +149,60 @@ def test_a_host_that_now_resolves_private_is_not_sent_to(redis_client, redis_url
     assert receiver.to("/private") == []
     [attempt] = _attempts(redis_client, job.id)
     assert "loopback" in attempt["error"]
+
+
+def _started_then_completed(redis_client, url: str) -> tuple[str, str]:
+    """A job with both events that was claimed and finished before any delivery was attempted
+    (a short job): the ids of its `started` and `completed` deliveries, in that order."""
+    job = Job(
+        id=f"j-{time.monotonic_ns()}",
+        model="m",
+        prompt="x",
+        webhook=WebhookSpec(url=url, events=["started", "completed"]),
+    )
+    store = JobStore(redis_client, ttl_s=60)
+    redis_client.hset(f"structq:job:{job.id}", mapping={"status": "queued", "msg": "t1"})
+    claim = lifecycle.claim(job, "w1", "t1")
+    assert store.apply(claim)
+    done = lifecycle.finish(claim.job, claim.new_run, status=JobStatus.SUCCEEDED)
+    assert store.apply(done)
+    messages = [json.loads(redis_client.rpop(WEBHOOK_QUEUE)) for _ in range(2)]
+    return messages[0]["headers"]["id"], messages[1]["headers"]["id"]
+
+
+def test_a_jobs_completed_event_waits_for_its_started_event(redis_client, redis_url, receiver):
+    started, completed = _started_then_completed(redis_client, receiver.url("/order"))
+    deliverer = Deliverer(redis_client, _settings(redis_url))
+    # Taken first (two task threads race): it steps aside, with no attempt counted.
+    assert deliverer.attempt(completed) == "waiting"
+    assert receiver.to("/order") == []
+    assert redis_client.zscore(WEBHOOK_SCHEDULE, completed) is not None
+    assert deliverer.attempt(started) == "delivered"
+    time.sleep(0.25)
+    assert deliverer.move_due() == 1
+    message = json.loads(redis_client.rpop(WEBHOOK_QUEUE))
+    assert message["headers"]["id"].startswith(f"{completed}~")
+    assert deliverer.attempt(completed) == "delivered"
+    types = [json.loads(r.body)["type"] for r in receiver.to("/order")]
+    assert types == ["job.started", "job.completed"]
+    # The wait was no attempt: the delivery's first attempt is number 1.
+    assert redis_client.hget(delivery_key(completed), "attempts") == b"1"
+
+
+def test_a_failed_first_attempt_of_started_lets_completed_go(redis_client, redis_url, receiver):
+    started, completed = _started_then_completed(redis_client, receiver.url("/down", 503))
+    deliverer = Deliverer(redis_client, _settings(redis_url))
+    assert deliverer.attempt(started) == "retrying"
+    assert deliverer.attempt(completed) == "retrying"
+
+
+def test_completed_waits_for_started_no_longer_than_a_request_timeout(
+    redis_client, redis_url, receiver
+):
+    # The worker attempting `started` died mid-attempt: it stays `sending` until redelivered.
+    started, completed = _started_then_completed(redis_client, receiver.url("/late"))
+    redis_client.hset(delivery_key(started), "state", "sending")
+    deliverer = Deliverer(redis_client, _settings(redis_url, webhook_timeout_s=1))
+    outcomes = [deliverer.attempt(completed) for _ in range(40)]
+    assert outcomes[:30] == ["waiting"] * 30  # 1 s + 5 s margin, 0.2 s a wait
+    assert outcomes[30] == "delivered"
