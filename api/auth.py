@@ -11,28 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.errors import Forbidden, RateLimited, Unauthorized
 from api.settings import ApiKey, ApiSettings
-from shared.errors import StructqError
+from shared.keys import RATE_PREFIX
 
 __all__ = [
     "Caller",
     "CallerDep",
-    "Forbidden",
     "KeyRing",
-    "RateLimited",
-    "Unauthorized",
     "authenticate",
     "hash_key",
     "require_admin",
 ]
-
-RATE_PREFIX = "structq:rate:"
 
 # KEYS: 1 the key's GCRA state. ARGV: 1 emission interval (ms), 2 burst tolerance (ms).
 # Returns 0 when the request is allowed, else how long (ms) until it would be.
@@ -48,27 +43,6 @@ tat = tat + interval
 redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now + interval))
 return 0
 """
-
-
-class Unauthorized(StructqError):
-    code = "unauthorized"
-    http_status = 401
-    headers = {"WWW-Authenticate": 'Bearer realm="structq"'}
-
-
-class Forbidden(StructqError):
-    code = "forbidden"
-    http_status = 403
-
-
-class RateLimited(StructqError):
-    code = "rate_limited"
-    http_status = 429
-    retryable = True
-
-    def __init__(self, message: str, retry_after_s: float, **extra: object) -> None:
-        super().__init__(message, **extra)
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,16 +24,14 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from api.compile_worker import serve
-from shared.errors import StructqError
+from api.errors import CompileBusy
+from shared.keys import COMPILE_TIMEOUT_VERDICT_TTL_S, COMPILE_VERDICT_PREFIX, COMPILE_VERDICT_TTL_S
 from shared.output_types import GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
 
 __all__ = ["CompileChecker"]
 
 log = logging.getLogger(__name__)
 
-VERDICT_PREFIX = "structq:compile:"
-_VERDICT_TTL_S = 7 * 86_400
-_TIMEOUT_VERDICT_TTL_S = 3600  # a slow machine may do better later
 _LOCAL_CACHE = 4096
 _READY_TIMEOUT_S = 120.0  # loading the vocabularies, in a fresh process
 CRASHED = "\0crashed"
@@ -42,12 +40,6 @@ CRASHED_VERDICT = "it could not be checked"
 # busy later) and a crash. Definite verdicts (compiles, does not compile) are kept.
 _TAG = 12
 _LOCAL_TTL_S = {"it did not c"[:_TAG]: 3600.0, CRASHED_VERDICT[:_TAG]: 600.0}
-
-
-class CompileBusy(StructqError):
-    code = "compile_busy"
-    http_status = 503
-    retryable = True
 
 
 # Specs known to compile, checked once here rather than per gateway: `{"type": "object"}` is
@@ -184,7 +176,7 @@ class CompileChecker:
         if verdict is not None and expires is not None and expires < time.monotonic():
             verdict = None
         if verdict is None and self._redis is not None:
-            cached = await self._redis.get(VERDICT_PREFIX + digest)
+            cached = await self._redis.get(COMPILE_VERDICT_PREFIX + digest)
             verdict = None if cached is None else cached.decode()
         if verdict is None:
             running = self._inflight.get(digest)
@@ -221,14 +213,14 @@ class CompileChecker:
             self._idle.put_nowait(proc)
         if not in_time:
             verdict = f"it did not compile within {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
-            redis_ttl: int | None = _TIMEOUT_VERDICT_TTL_S
+            redis_ttl: int | None = COMPILE_TIMEOUT_VERDICT_TTL_S
         elif problem == CRASHED:
             # Perhaps this spec, perhaps the machine (memory): not shared, not kept long.
             return f"{CRASHED_VERDICT}: the compiler stopped on it"
         else:
             verdict = "" if problem is None else f"it does not compile: {problem}"
-            redis_ttl = _VERDICT_TTL_S
+            redis_ttl = COMPILE_VERDICT_TTL_S
         if self._redis is not None and redis_ttl is not None:
             with contextlib.suppress(Exception):  # the cache is an optimisation
-                await self._redis.set(VERDICT_PREFIX + digest, verdict, ex=redis_ttl)
+                await self._redis.set(COMPILE_VERDICT_PREFIX + digest, verdict, ex=redis_ttl)
         return verdict

@@ -1,4 +1,5 @@
-"""The gateway's one mapping from errors to HTTP answers.
+"""The gateway's errors: its own error classes (beside the shared ones of ``shared.errors``),
+and its one mapping from errors to HTTP answers.
 
 Every error body has the same shape: ``{"error": {"code", "message"}}``, plus ``detail`` (the
 list of field problems) for a request that failed validation. Nothing else leaks out.
@@ -7,6 +8,7 @@ list of field problems) for a request that failed validation. Nothing else leaks
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +17,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from shared.errors import ServiceUnavailable, StructqError
+from shared.errors import ErrorCode, ServiceUnavailable, StructqError
 
 __all__ = [
+    "CompileBusy",
+    "Forbidden",
+    "InvalidRequest",
+    "JobFailedError",
+    "JobRefused",
+    "JobTimedOut",
+    "JobsInFlight",
+    "ModelNotFound",
+    "QueueFull",
+    "RateLimited",
+    "SpecTooLarge",
+    "TooManyQueued",
+    "Unauthorized",
     "install_error_handlers",
     "invalid_field",
     "openai_error",
@@ -26,6 +41,102 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+# Refusals of a request, before anything is enqueued.
+
+
+class InvalidRequest(StructqError):
+    """A request this server refuses; ``param`` names the field (OpenAI's error shape)."""
+
+    code = ErrorCode.INVALID_REQUEST
+    http_status = 422
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+
+
+class SpecTooLarge(ValueError):
+    """A spec over one of the limits; the message names it. (A ``ValueError``: raised inside
+    request validation, where it becomes a 422 with the field's location.)"""
+
+
+class Unauthorized(StructqError):
+    code = ErrorCode.UNAUTHORIZED
+    http_status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="structq"'}  # noqa: RUF012
+
+
+class Forbidden(StructqError):
+    code = ErrorCode.FORBIDDEN
+    http_status = 403
+
+
+class ModelNotFound(StructqError):
+    code = ErrorCode.MODEL_NOT_FOUND
+    http_status = 404
+
+
+class RateLimited(StructqError):
+    code = ErrorCode.RATE_LIMITED
+    http_status = 429
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float, **extra: object) -> None:
+        super().__init__(message, **extra)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+
+
+class TooManyQueued(StructqError):
+    """The key already has STRUCTQ_MAX_QUEUED_PER_KEY jobs waiting."""
+
+    code = ErrorCode.TOO_MANY_QUEUED
+    http_status = 429
+    retryable = True
+    headers = {"Retry-After": "5"}  # noqa: RUF012
+
+
+class QueueFull(StructqError):
+    """The model's queue is deeper than STRUCTQ_MAX_QUEUE_DEPTH: come back later."""
+
+    code = ErrorCode.QUEUE_FULL
+    http_status = 503
+    retryable = True
+    headers = {"Retry-After": "10"}  # noqa: RUF012
+
+
+class CompileBusy(StructqError):
+    """Every compile-check process is busy: the spec could not be checked in time."""
+
+    code = ErrorCode.COMPILE_BUSY
+    http_status = 503
+    retryable = True
+
+
+# A synchronous (OpenAI-compatible) request whose jobs did not give an answer.
+
+
+class JobTimedOut(StructqError):
+    code = ErrorCode.TIMEOUT
+    http_status = 504
+
+
+class JobFailedError(StructqError):
+    code = ErrorCode.JOB_FAILED
+    http_status = 500
+
+
+class JobRefused(StructqError):
+    code = ErrorCode.ENGINE_REJECTED
+    http_status = 400
+
+
+class JobsInFlight(StructqError):
+    """Redis failed after the request's jobs were queued: they are cancelled (as far as Redis
+    lets us), and a retry would queue new ones, so the client is told not to retry blindly."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    http_status = 503
 
 
 def invalid_field(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
@@ -92,8 +203,12 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     summary, detail = validation_detail(exc.errors())
     if _openai_route(request):
         param = ".".join(str(p) for p in detail[0]["loc"] if p != "body") if detail else None
-        return _openai_response(422, summary, "invalid_request", param or None, retryable=False)
-    return JSONResponse(status_code=422, content=_body("invalid_request", summary, detail=detail))
+        return _openai_response(
+            422, summary, ErrorCode.INVALID_REQUEST, param or None, retryable=False
+        )
+    return JSONResponse(
+        status_code=422, content=_body(ErrorCode.INVALID_REQUEST, summary, detail=detail)
+    )
 
 
 async def _structq(request: Request, exc: StructqError) -> JSONResponse:
@@ -116,8 +231,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     message = "internal error; the gateway's log has the details"
     if _openai_route(request):
-        return _openai_response(500, message, "internal_error", None, retryable=False)
-    return JSONResponse(status_code=500, content=_body("internal_error", message))
+        return _openai_response(500, message, ErrorCode.INTERNAL_ERROR, None, retryable=False)
+    return JSONResponse(status_code=500, content=_body(ErrorCode.INTERNAL_ERROR, message))
 
 
 def install_error_handlers(app: FastAPI) -> None:

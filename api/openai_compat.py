@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.errors import InvalidRequest, JobFailedError, JobRefused, JobTimedOut
 from shared.errors import StructqError
 from shared.jobs import JobCreate, JobPublic, Message, Sampling
 from shared.output_types import (
@@ -34,7 +35,6 @@ __all__ = [
     "MAX_CHOICES",
     "ChatRequest",
     "CompletionRequest",
-    "InvalidRequest",
     "Outcome",
     "chat_jobs",
     "completion_jobs",
@@ -43,16 +43,6 @@ __all__ = [
 
 # Most jobs one request may fan out to (prompts x n).
 MAX_CHOICES = 64
-
-
-class InvalidRequest(StructqError):
-    """A request this server refuses; ``param`` names the field (OpenAI's error shape)."""
-
-    code = "invalid_request"
-    http_status = 422
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message, param=param)
 
 
 class _Request(BaseModel):
@@ -403,21 +393,6 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: StructqError | None = None
-
-
-class JobTimedOut(StructqError):
-    code = "timeout"
-    http_status = 504
-
-
-class JobFailedError(StructqError):
-    code = "job_failed"
-    http_status = 500
-
-
-class JobRefused(StructqError):
-    code = "engine_rejected"
-    http_status = 400
 
 
 def outcome(job: JobPublic | None, job_id: str) -> Outcome:

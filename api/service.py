@@ -21,24 +21,22 @@ from pydantic import ValidationError
 
 from api.auth import Caller
 from api.compile_check import CompileChecker
-from api.errors import invalid_field, validation_detail
+from api.errors import QueueFull, SpecTooLarge, TooManyQueued, invalid_field, validation_detail
 from api.settings import ApiSettings
-from api.spec_limits import SpecTooLarge, check_spec
+from api.spec_limits import check_spec
 from api.tokens import PromptCounter
 from api.waiters import CompletionWaiters
 from shared import lifecycle
-from shared.errors import Conflict, ErrorCode, StructqError
+from shared.errors import Conflict, ErrorCode, StructqError, UnsafeUrl
 from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
 from shared.keys import client_index, model_queued_index
 from shared.store import AsyncJobStore, Created, NewJob, is_terminal
-from shared.webhooks import UnsafeUrl, resolve_checked
+from shared.webhooks import resolve_checked
 
 __all__ = [
     "Admission",
     "ItemOutcome",
-    "QueueFull",
     "Submitted",
-    "TooManyQueued",
     "cancel",
     "check_caps",
     "item_error",
@@ -56,24 +54,6 @@ class Submitted:
     job_id: str
     record: bytes  # the public record JSON
     created: bool  # False: an earlier request with the same Idempotency-Key made it
-
-
-class QueueFull(StructqError):
-    """The model's queue is deeper than STRUCTQ_MAX_QUEUE_DEPTH: come back later."""
-
-    code = ErrorCode.QUEUE_FULL
-    http_status = 503
-    retryable = True
-    headers = {"Retry-After": "10"}  # noqa: RUF012
-
-
-class TooManyQueued(StructqError):
-    """The key already has STRUCTQ_MAX_QUEUED_PER_KEY jobs waiting."""
-
-    code = ErrorCode.TOO_MANY_QUEUED
-    http_status = 429
-    retryable = True
-    headers = {"Retry-After": "5"}  # noqa: RUF012
 
 
 @dataclass

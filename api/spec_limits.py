@@ -10,17 +10,14 @@ import json
 import re._parser as sre_parse  # the stdlib's own regex parser (re's internals, stable in 3.11+)
 from typing import Any
 
+from api.errors import SpecTooLarge
 from api.settings import ApiSettings
 from shared.output_types import ChoiceSpec, GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
 
-__all__ = ["SpecTooLarge", "check_spec"]
+__all__ = ["check_spec"]
 
 _MAXREPEAT = sre_parse.MAXREPEAT
 _REPEATS = (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, sre_parse.POSSESSIVE_REPEAT)
-
-
-class SpecTooLarge(ValueError):
-    """A spec over one of the limits; the message names it."""
 
 
 def check_spec(spec: OutputType, settings: ApiSettings) -> None:

@@ -19,9 +19,12 @@ __all__ = [
     "JobFailure",
     "JobNotFound",
     "OutputInvalid",
+    "OutputMismatch",
     "OutputTruncated",
+    "RedisGone",
     "ServiceUnavailable",
     "StructqError",
+    "UnsafeUrl",
 ]
 
 
@@ -144,3 +147,18 @@ class JobAborted(JobFailure):
         super().__init__(message, text)
         self.reason = reason
         self.generation = generation  # the worker's partial Generation, when the engine had one
+
+
+class RedisGone(Exception):
+    """Redis stayed unreachable past the outage bound (STRUCTQ_REDIS_OUTAGE_S)."""
+
+
+# Raised inside validation (pydantic turns a ValueError into a field error).
+
+
+class UnsafeUrl(ValueError):
+    """The URL may not be called: its scheme, its form, or where its host resolves."""
+
+
+class OutputMismatch(ValueError):
+    """A finished output that does not conform to its spec; the message says how."""

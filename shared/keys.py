@@ -13,7 +13,9 @@ __all__ = [
     "BELL_PREFIX",
     "CANCEL_CHANNEL",
     "CLIENT_INDEX_PREFIX",
+    "COMPILE_TIMEOUT_VERDICT_TTL_S",
     "COMPILE_VERDICT_PREFIX",
+    "COMPILE_VERDICT_TTL_S",
     "DEADLINES",
     "DEAD_LETTER",
     "DELIVERY_PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "WEBHOOK_SCHEDULE",
     "WEBHOOK_TASK_NAME",
     "WEBHOOK_WORKER_PREFIX",
+    "WEBHOOK_WORKER_TTL_S",
     "WORKER_CANCELS_PREFIX",
     "WORKER_JOBS_PREFIX",
     "WORKERS_INDEX",
@@ -102,14 +105,17 @@ DONE_CHANNEL = "structq:done"
 
 # Webhooks. A hash per delivery (one event of one job, retried under one webhook-id): its
 # spec and payload, attempts so far, state, ``after`` (the job's previous delivery, whose first
-# attempt it waits for) and ``waits`` (how often it has waited). The Celery queue the webhook worker consumes, the
-# task it runs, and a sorted set of deliveries waiting for their next attempt (by its time).
+# attempt it waits for) and ``waits`` (how often it has waited). The Celery queue the webhook
+# worker consumes, the task it runs, and a sorted set of deliveries waiting for their next
+# attempt (by its time).
 DELIVERY_PREFIX = "structq:delivery:"
 WEBHOOK_QUEUE = "structq.webhooks"
 WEBHOOK_TASK_NAME = "structq.deliver_webhook"
 WEBHOOK_SCHEDULE = "structq:webhooks:scheduled"
-# String per live webhook worker ({"pid": ...}, short TTL): its readiness and liveness.
+# String per live webhook worker (``shared.records.WebhookWorkerAnnouncement``, renewed well
+# within WEBHOOK_WORKER_TTL_S): its readiness and liveness.
 WEBHOOK_WORKER_PREFIX = "structq:webhook-worker:"
+WEBHOOK_WORKER_TTL_S = 15
 # A list per job of its webhook attempts (JSON), shown as the job's `webhook_deliveries`.
 HOOKS_PREFIX = "structq:hooks:"
 
@@ -138,8 +144,11 @@ STREAM_TTL_S = 600
 JANITOR_LOCK = "structq:janitor"
 # GCRA state per API key (its theoretical arrival time), for the per-key rate limit.
 RATE_PREFIX = "structq:rate:"
-# Compile-check verdicts by the spec's hash, shared by every gateway.
+# Compile-check verdicts by the spec's hash, shared by every gateway: a definite one (compiles,
+# does not) for a week, a timeout for an hour (a less busy machine may do better).
 COMPILE_VERDICT_PREFIX = "structq:compile:"
+COMPILE_VERDICT_TTL_S = 7 * 86_400
+COMPILE_TIMEOUT_VERDICT_TTL_S = 3600
 
 # The Celery task every job message names. The gateway writes these messages itself.
 TASK_NAME = "structq.run_job"

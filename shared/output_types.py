@@ -22,6 +22,8 @@ from lark.exceptions import LarkError
 from outlines_core.json_schema import build_regex_from_schema
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from shared.errors import OutputMismatch
+
 __all__ = [
     "BOOL_PATTERN",
     "FLOAT_PATTERN",
@@ -32,7 +34,6 @@ __all__ = [
     "GrammarSpec",
     "IntSpec",
     "JsonSchemaSpec",
-    "OutputMismatch",
     "OutputType",
     "RegexSpec",
     "TextSpec",
@@ -50,10 +51,6 @@ MAX_SCHEMA_JSON = 32768
 MAX_SCHEMA_NESTING = 64
 MAX_REGEX_CHARS = 4096
 MAX_GRAMMAR_CHARS = 16384
-
-
-class OutputMismatch(ValueError):
-    """A finished output that does not conform to its spec; the message says how."""
 
 
 class _Spec(BaseModel):

@@ -34,9 +34,10 @@ import redis.retry
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
+from shared.errors import RedisGone
+
 __all__ = [
     "OUTAGE_ERRORS",
-    "RedisGone",
     "SentinelTarget",
     "async_client",
     "celery_broker",
@@ -169,10 +170,6 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.TryAgainError,
 )
-
-
-class RedisGone(Exception):
-    """Redis stayed unreachable past the outage bound (STRUCTQ_REDIS_OUTAGE_S)."""
 
 
 def retrying(

@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
+from shared.errors import UnsafeUrl
+
 __all__ = [
-    "UnsafeUrl",
     "check_addresses",
     "parse_url",
     "resolve_checked",
@@ -33,10 +34,6 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class UnsafeUrl(ValueError):
-    """The URL may not be called: its scheme, its form, or where its host resolves."""
 
 
 def parse_url(url: str) -> tuple[str, str, int]:

@@ -45,12 +45,14 @@ from shared.errors import (
     JobAborted,
     JobFailure,
     OutputInvalid,
+    OutputMismatch,
     OutputTruncated,
+    RedisGone,
 )
 from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage
 from shared.lifecycle import Change
-from shared.output_types import OutputMismatch, TextSpec
-from shared.redis_pools import RedisGone, retrying
+from shared.output_types import TextSpec
+from shared.redis_pools import retrying
 from shared.store import JobStore, Stored, read_job
 from worker.engine import Done, Engine, Generation, Request
 from worker.settings import WorkerSettings

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import httpx
 
 from shared.celery_message import task_message
+from shared.errors import UnsafeUrl
 from shared.jobs import WebhookAttempt
 from shared.keys import (
     WEBHOOK_QUEUE,
@@ -26,7 +27,7 @@ from shared.keys import (
 )
 from shared.records import WebhookDelivery
 from shared.redis_pools import retrying
-from shared.webhooks import UnsafeUrl, resolve_checked, sign
+from shared.webhooks import resolve_checked, sign
 from worker.settings import WebhookSettings
 
 __all__ = ["Deliverer"]

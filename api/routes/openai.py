@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api import service
 from api.auth import Caller, CallerDep, authenticate
 from api.deps import SettingsDep, StoreDep, WaitersDep
-from api.errors import openai_error, openai_error_response
+from api.errors import JobsInFlight, ModelNotFound, openai_error, openai_error_response
 from api.openai_compat import (
     ChatRequest,
     ChunkKind,
@@ -42,7 +42,7 @@ from api.openai_compat import (
 from api.settings import ApiSettings
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
-from shared.errors import ErrorCode, StructqError
+from shared.errors import StructqError
 from shared.jobs import JobCreate, JobPublic
 from shared.store import AsyncJobStore
 from shared.workers import live_workers
@@ -59,11 +59,6 @@ _GRACE_S = 5.0
 _DISCONNECT_CHECK_S = 1.0
 # A stream with nothing to send for this long sends an SSE comment (proxies, idle timeouts).
 _KEEPALIVE_S = 15.0
-
-
-class ModelNotFound(StructqError):
-    code = ErrorCode.MODEL_NOT_FOUND
-    http_status = 404
 
 
 async def _served(request: Request) -> dict[str, dict[str, Any]]:
@@ -142,14 +137,6 @@ async def completions(
     _resolve_model(body, settings)
     jobs = completion_jobs(body, settings.max_tokens_limit, settings.openai_wait_s)
     return await _answer("completion", body, jobs, request, store, settings, waiters, caller)
-
-
-class JobsInFlight(StructqError):
-    """Redis failed after the request's jobs were queued: they are cancelled (as far as Redis
-    lets us), and a retry would queue new ones, so the client is told not to retry blindly."""
-
-    code = "service_unavailable"
-    http_status = 503
 
 
 async def _answer(

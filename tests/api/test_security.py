@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from api.auth import KeyRing, hash_key
 from api.compile_check import CompileChecker
+from api.errors import SpecTooLarge
 from api.keys import main as keys_main
 from api.main import create_app
 from api.settings import ApiKey, ApiSettings
-from api.spec_limits import SpecTooLarge, check_spec
+from api.spec_limits import check_spec
 from shared.output_types import JsonSchemaSpec, RegexSpec
 from shared.settings import DEFAULT_MODEL
 
