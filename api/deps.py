@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
-from shared.store import AsyncJobStore
+from shared.async_store import AsyncJobStore
 
 __all__ = ["AdmissionDep", "Gateway", "GatewayDep", "SettingsDep", "StoreDep", "WaitersDep"]
 

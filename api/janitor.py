@@ -30,6 +30,7 @@ import time
 
 from api.settings import ApiSettings
 from shared import lifecycle
+from shared.async_store import AsyncJobStore
 from shared.jobs import JobStatus
 from shared.keys import (
     ALL_INDEX,
@@ -44,7 +45,6 @@ from shared.keys import (
     worker_jobs_key,
     worker_key,
 )
-from shared.store import AsyncJobStore
 
 __all__ = ["Janitor"]
 

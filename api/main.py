@@ -22,8 +22,8 @@ from api.routes import admin, bulk, health, jobs, openai
 from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
+from shared.async_store import AsyncJobStore
 from shared.redis_pools import async_client
-from shared.store import AsyncJobStore
 
 __all__ = ["create_app"]
 

@@ -27,10 +27,11 @@ from api.spec_limits import check_spec
 from api.tokens import PromptCounter
 from api.waiters import CompletionWaiters
 from shared import lifecycle
+from shared.async_store import AsyncJobStore
 from shared.errors import Conflict, ErrorCode, StructqError, UnsafeUrl
-from shared.jobs import Job, JobCreate, JobPublic, JobStatus, utcnow
+from shared.jobs import Job, JobCreate, JobPublic, JobStatus, is_terminal, utcnow
 from shared.keys import client_index, model_queued_index
-from shared.store import AsyncJobStore, Created, NewJob, is_terminal
+from shared.script_calls import Created, NewJob
 from shared.webhooks import resolve_checked
 
 __all__ = [

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic
 from shared.keys import stream_key
-from shared.store import AsyncJobStore
 
 __all__ = ["Delta", "Finished", "relay"]
 

@@ -25,6 +25,7 @@ from shared.output_types import OutputType, TextSpec
 
 __all__ = [
     "STATE_FIELDS",
+    "is_terminal",
     "EngineStats",
     "Job",
     "JobCreate",
@@ -66,6 +67,16 @@ class JobStatus(StrEnum):
     def retryable(self) -> bool:
         """Whether `POST /v1/jobs/{id}/retry` may queue the job again."""
         return self in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
+
+
+_TERMINAL = {s.value.encode() for s in JobStatus if s.terminal}
+
+
+def is_terminal(status: bytes | str | None) -> bool:
+    """Whether a status as read from Redis (bytes) or written (str) is a terminal one."""
+    if isinstance(status, str):
+        status = status.encode()
+    return status in _TERMINAL
 
 
 class _Model(BaseModel):

@@ -13,7 +13,8 @@
 
 Gateway, janitor and worker all build their changes here, so each transition's guards and
 side effects (the task message of a re-queued job, the dead-letter entry, the webhook event it
-makes due) are written once; ``shared.store`` applies them, one or many per script call.
+makes due) are written once; ``shared.store`` and ``shared.async_store`` apply them, one or
+many per script call.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each runs atomically in Redis, so a status change, its index entries, its task message, its
 webhook delivery and its completion notice are written together or not at all. The scripts
 take every key name and prefix they touch as arguments (from ``shared.keys``); the argument
-layouts are built in one place, ``shared.store``.
+layouts are built in one place, ``shared.script_calls``.
 
 Every script starts with a ``#!lua`` line: Redis then refuses a write script as a whole when it
 is out of memory (``maxmemory`` with ``noeviction``), instead of failing it half-way.

@@ -20,10 +20,10 @@ from api.errors import invalid_field
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
 from shared import lifecycle
+from shared.async_store import AsyncJobStore
 from shared.errors import Conflict, JobNotFound
-from shared.jobs import JobCreate, JobPublic, JobStatus, utcnow
+from shared.jobs import JobCreate, JobPublic, JobStatus, is_terminal, utcnow
 from shared.keys import ALL_INDEX, client_index, status_index
-from shared.store import AsyncJobStore, is_terminal
 
 __all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
 

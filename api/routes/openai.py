@@ -42,9 +42,9 @@ from api.openai_compat import (
 from api.settings import ApiSettings
 from api.streams import Delta, relay
 from api.waiters import CompletionWaiters
+from shared.async_store import AsyncJobStore
 from shared.errors import StructqError
 from shared.jobs import JobCreate, JobPublic
-from shared.store import AsyncJobStore
 from shared.workers import live_workers
 
 __all__ = ["router"]

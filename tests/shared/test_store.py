@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import lifecycle
+from shared.async_store import AsyncJobStore
 from shared.jobs import Job, JobStatus
 from shared.keys import (
     ALL_INDEX,
@@ -28,7 +29,8 @@ from shared.keys import (
     status_index,
     worker_jobs_key,
 )
-from shared.store import AsyncJobStore, JobStore, NewJob
+from shared.script_calls import NewJob
+from shared.store import JobStore
 
 
 def _run(redis_url: str, work):
