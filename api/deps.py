@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.service import Admission
+from api.admission import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore

@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.admission import Admission
 from api.auth import KeyRing, rate_script
 from api.deps import Gateway
 from api.errors import install_error_handlers
 from api.janitor import Janitor
 from api.limits import BodyLimit
 from api.routes import admin, bulk, health, jobs, openai
-from api.service import Admission
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore

@@ -1,4 +1,5 @@
-"""What the gateway does with jobs, whatever the route: submit one, cancel one, wait for many.
+"""What the gateway does with jobs, whatever the route: submit one or many, cancel one.
+(Checks before storing: ``api.admission``; waiting for jobs: ``api.waiting``.)
 
 ``/v1/jobs`` and the OpenAI-compatible routes both go through here, so a job submitted either
 way is checked, stored and enqueued the same way.
@@ -7,46 +8,35 @@ way is checked, stored and enqueued the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.admission import Admission, refusal
 from api.auth import Caller
-from api.compile_check import CompileChecker
-from api.errors import QueueFull, SpecTooLarge, TooManyQueued, invalid_field, validation_detail
+from api.errors import invalid_field, validation_detail
 from api.settings import ApiSettings
-from api.spec_limits import check_spec
-from api.tokens import PromptCounter
-from api.waiters import CompletionWaiters
 from shared import lifecycle
 from shared.async_store import AsyncJobStore
 from shared.errors import Conflict, ErrorCode, StructqError, UnsafeUrl
-from shared.jobs import Job, JobCreate, JobPublic, JobStatus, is_terminal, utcnow
-from shared.keys import client_index, model_queued_index
+from shared.jobs import Job, JobCreate, JobStatus, utcnow
 from shared.script_calls import Created, NewJob
 from shared.webhooks import resolve_checked
 
 __all__ = [
-    "Admission",
     "ItemOutcome",
     "Submitted",
     "cancel",
-    "check_caps",
     "item_error",
     "prepare",
     "submit",
     "submit_many",
     "store_one",
-    "wait_all",
-    "wait_any",
 ]
 
 
@@ -55,74 +45,6 @@ class Submitted:
     job_id: str
     record: bytes  # the public record JSON
     created: bool  # False: an earlier request with the same Idempotency-Key made it
-
-
-@dataclass
-class Admission:
-    """What the gateway checks a job's content with beyond its schema: each model's prompt
-    counter (when the gateway has its tokenizer) and the compile checker."""
-
-    counters: dict[str, PromptCounter] = field(default_factory=dict)
-    checker: CompileChecker | None = None
-
-    @classmethod
-    def from_settings(cls, settings: ApiSettings, redis: object = None) -> Admission:
-        folders = {
-            model: path
-            for model in settings.models
-            if (path := settings.tokenizer_path(model)) is not None
-        }
-        counters = {model: PromptCounter(path) for model, path in folders.items()}
-        checker = None
-        if settings.compile_check:
-            checker = CompileChecker(
-                folders,
-                settings.compile_timeout_s,
-                settings.compile_workers,
-                redis,  # type: ignore[arg-type]
-            )
-        return cls(counters, checker)
-
-    async def check(
-        self, body: JobCreate, model: str, settings: ApiSettings, fit_max_tokens: bool
-    ) -> JobCreate:
-        """``body`` as it may be queued (its max_tokens fitted to the context when asked),
-        or a 422 naming what is over which limit."""
-        try:
-            check_spec(body.output_type, settings)
-        except SpecTooLarge as exc:
-            raise invalid_field(("body", "output_type"), str(exc)) from None
-        counter = self.counters.get(model)
-        if counter is not None:
-            text_length = len(body.prompt or "") + sum(len(m.content) for m in body.messages or [])
-            where = "prompt" if body.prompt is not None else "messages"
-            try:
-                if text_length > 20_000:  # a long prompt: tokenize it off the event loop
-                    prompt_tokens = await asyncio.to_thread(counter.count, body)
-                else:
-                    prompt_tokens = counter.count(body)
-            except ValueError as exc:
-                raise invalid_field(("body", where), str(exc)) from None
-            room = settings.max_model_len - prompt_tokens
-            max_tokens = body.sampling.max_tokens
-            if fit_max_tokens and 0 < room < max_tokens:
-                max_tokens = room
-                sampling = body.sampling.model_copy(update={"max_tokens": room})
-                body = body.model_copy(update={"sampling": sampling})
-            if prompt_tokens + max_tokens > settings.max_model_len:
-                raise invalid_field(
-                    ("body", where),
-                    f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: "
-                    f"{prompt_tokens + max_tokens} tokens, more than the model's context of "
-                    f"{settings.max_model_len} (STRUCTQ_MAX_MODEL_LEN)",
-                )
-        if self.checker is not None:
-            problem = await self.checker.check(model, body.output_type)
-            if problem is not None:
-                raise invalid_field(
-                    ("body", "output_type"), f"the output type is refused: {problem}"
-                )
-        return body
 
 
 async def prepare(
@@ -237,7 +159,7 @@ async def _outcome(
     job = new.job
     if created.refused is not None:
         limit, count = created.refused
-        raise _refusal(limit, count, job.model, caller)
+        raise refusal(limit, count, job.model, caller)
     if created.record is not None:
         return Submitted(job.id, created.record, created=True)
     assert new.idempotency is not None and created.earlier_id is not None
@@ -320,33 +242,6 @@ def item_error(exc: Exception) -> ItemOutcome:
     raise exc
 
 
-async def check_caps(
-    store: AsyncJobStore, settings: ApiSettings, caller: Caller, model: str
-) -> None:
-    """The queue-depth and per-key caps, for a job queued other than by ``submit`` (whose
-    create script checks them atomically): a retry."""
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(model_queued_index(model))
-        pipe.zcard(client_index(caller.owner or "", JobStatus.QUEUED.value))
-        depth, mine = await pipe.execute()
-    if settings.max_queue_depth and depth >= settings.max_queue_depth:
-        raise _refusal("queue_depth", depth, model, caller)
-    if caller.owner and settings.max_queued_per_key and mine >= settings.max_queued_per_key:
-        raise _refusal("queued_per_client", mine, model, caller)
-
-
-def _refusal(limit: str, count: int, model: str, caller: Caller) -> StructqError:
-    """The error for a cap that refuses a job (``limit`` as the create script names it)."""
-    if limit == "queue_depth":
-        return QueueFull(
-            f"the queue of {model} holds {count} jobs (STRUCTQ_MAX_QUEUE_DEPTH); retry later"
-        )
-    return TooManyQueued(
-        f"key {caller.name!r} has {count} queued jobs (STRUCTQ_MAX_QUEUED_PER_KEY); retry "
-        "once some have started"
-    )
-
-
 async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
     """Ask for ``job`` to stop: a queued job is ``cancelled`` at once, a running one is flagged
     and its worker told. The job's status after the request ('' if it no longer exists)."""
@@ -360,73 +255,3 @@ async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
     if status == JobStatus.RUNNING:
         return await store.request_cancel(job.id) or ""
     return status
-
-
-async def wait_any(
-    store: AsyncJobStore,
-    waiters: CompletionWaiters,
-    job_ids: list[str],
-    timeout_s: float,
-    linger_s: float,
-    scope: str | None,
-) -> tuple[list[bytes], list[str], list[str]]:
-    """The public records of those of ``job_ids`` that are finished, once at least one is (and
-    ``linger_s`` more has passed), or after ``timeout_s``; with the ids still pending and the
-    unknown ones (or, with ``scope``, another client's)."""
-    async with waiters.watch_any(job_ids) as finished:
-        statuses = dict(zip(job_ids, await store.statuses(job_ids, scope), strict=True))
-        waiting = [i for i, s in statuses.items() if s is not None]  # unknown ids never finish
-        if timeout_s > 0 and waiting and not any(is_terminal(statuses[i]) for i in waiting):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=timeout_s)
-                if linger_s > 0:
-                    await asyncio.sleep(linger_s)
-            # Only those announced finished are read again (all, if announcements were lost).
-            again = waiting if finished.everything else [i for i in waiting if i in finished.ids]
-            statuses.update(zip(again, await store.statuses(again, scope), strict=True))
-    done = [i for i in job_ids if is_terminal(statuses[i])]
-    pending = [i for i in job_ids if statuses[i] is not None and not is_terminal(statuses[i])]
-    unknown = [i for i in job_ids if statuses[i] is None]
-    records = [raw for raw in await store.get_many_raw(done) if raw is not None]
-    return records, pending, unknown
-
-
-# Longest a waiting request relies on completion notices alone before reading the jobs again
-# (a notice can be missed while the gateway re-subscribes after losing Redis).
-_REREAD_S = 5.0
-
-
-async def wait_all(
-    store: AsyncJobStore,
-    waiters: CompletionWaiters,
-    job_ids: list[str],
-    timeout_s: float,
-    stop_early: Callable[[list[JobPublic | None]], bool] | None = None,
-) -> list[JobPublic | None]:
-    """The jobs once every one is terminal (or ``stop_early`` says so), or as they are after
-    ``timeout_s``. None: a job that no longer exists."""
-    deadline = time.monotonic() + timeout_s
-    async with contextlib.AsyncExitStack() as stack:
-        # Watch before reading: a job that finishes between the read and the wait still wakes us.
-        events = [await stack.enter_async_context(waiters.watch(job_id)) for job_id in job_ids]
-        while True:
-            for event in events:  # cleared before the read: a later completion sets it again
-                event.clear()
-            raws = await store.get_many_raw(job_ids)
-            jobs = [None if raw is None else JobPublic.model_validate_json(raw) for raw in raws]
-            pending = [
-                event
-                for job, event in zip(jobs, events, strict=True)
-                if job is not None and not is_terminal(job.status.value)
-            ]
-            remaining = deadline - time.monotonic()
-            if not pending or remaining <= 0 or (stop_early is not None and stop_early(jobs)):
-                return jobs
-            waits = [asyncio.create_task(event.wait()) for event in pending]
-            try:
-                await asyncio.wait(
-                    waits, timeout=min(remaining, _REREAD_S), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for task in waits:
-                    task.cancel()

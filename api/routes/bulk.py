@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api import service
+from api import service, waiting
 from api.auth import CallerDep, authenticate
 from api.deps import AdmissionDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
@@ -127,7 +127,7 @@ async def wait_for_jobs(
     """Wait for any of up to 1,000 jobs: answered as soon as at least one is finished (after
     ``linger_ms`` more to gather others finishing with it), or after ``timeout_s`` with none.
     Send the ``pending`` ids again for the rest."""
-    finished, pending, unknown = await service.wait_any(
+    finished, pending, unknown = await waiting.wait_any(
         store,
         waiters,
         list(dict.fromkeys(request.ids)),

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api import service
+from api import admission, service
 from api.auth import CallerDep, authenticate
 from api.deps import GatewayDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
@@ -314,7 +314,7 @@ async def retry_job(
             f"job {job_id}'s deadline ({job.deadline}) has passed; submit it again with a new one",
             status=job.status.value,
         )
-    await service.check_caps(store, settings, caller, job.model)  # as a new job would be
+    await admission.check_caps(store, settings, caller, job.model)  # as a new job would be
     current = await store.apply(lifecycle.retry(job))
     if current is not None:
         if not current:

@@ -22,7 +22,7 @@ import redis.exceptions
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api import service
+from api import service, waiting
 from api.auth import Caller, CallerDep, authenticate
 from api.deps import SettingsDep, StoreDep, WaitersDep
 from api.errors import JobsInFlight, ModelNotFound, openai_error, openai_error_response
@@ -212,21 +212,21 @@ async def _wait_unless_gone(
 ) -> list[JobPublic | None] | None:
     """The jobs once finished, one has failed, or at the timeout; None if the client
     disconnected first."""
-    waiting = asyncio.create_task(
-        service.wait_all(store, waiters, ids, wait_s, stop_early=_any_failed)
+    task = asyncio.create_task(
+        waiting.wait_all(store, waiters, ids, wait_s, stop_early=_any_failed)
     )
     try:
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=_DISCONNECT_CHECK_S)
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_CHECK_S)
             if done:
-                return waiting.result()
+                return task.result()
             if await request.is_disconnected():
                 return None
     finally:
-        if not waiting.done():
-            waiting.cancel()
+        if not task.done():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await waiting
+                await task
 
 
 async def _cancel(store: AsyncJobStore, job_ids: list[str]) -> None:
