@@ -2,11 +2,15 @@
 scripts of ``shared.scripts``, with the same argument layouts as the worker's store
 (``shared.script_calls``), plus the reads only the gateway makes: public records, listings,
 and the janitor's views of the queues.
+
+Clients are made without ``decode_responses``: replies are bytes. redis-py's annotations allow
+str as well, hence the few casts to what these replies are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -82,14 +86,17 @@ class AsyncJobStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(job_key(job_id), ["status", "spec", "state", "client"])
             pipe.lrange(hooks_key(job_id), 0, -1)
-            (status, spec, state, owner), hooks = await pipe.execute()
+            rows: list[Any] = await pipe.execute()
+        (status, spec, state, owner), hooks = cast(tuple[list[bytes | None], list[bytes]], rows)
         if spec is None or state is None or not _visible(owner, client):
             return None, None
         return status, public_record(spec, state, hooks)
 
     async def status(self, job_id: str, client: str | None = None) -> bytes | None:
         """The job's status (None: unknown, or with ``client``, another client's)."""
-        status, owner = await self._redis.hmget(job_key(job_id), ["status", "client"])
+        status, owner = cast(
+            list[bytes | None], await self._redis.hmget(job_key(job_id), ["status", "client"])
+        )
         return status if status is not None and _visible(owner, client) else None
 
     async def statuses(
@@ -188,8 +195,11 @@ class AsyncJobStore:
         """Up to ``limit`` (job id, score) of ``index``, newest first, strictly before the
         cursor ``(score, id)`` when one is given."""
         top: str | int = "+inf" if before is None else before[0]
-        rows = await self._redis.zrevrangebyscore(
-            index, top, "-inf", start=0, num=limit + 64, withscores=True
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrevrangebyscore(
+                index, top, "-inf", start=0, num=limit + 64, withscores=True
+            ),
         )
         out: list[tuple[str, int]] = []
         for member, score in rows:
@@ -208,6 +218,6 @@ class AsyncJobStore:
             await self._redis.zrem(index, *job_ids)
 
 
-def _visible(owner: bytes | None, client: str | None) -> bool:
+def _visible(owner: bytes | str | None, client: str | None) -> bool:
     """Whether ``client`` may see a job ``owner`` submitted (None: any client may)."""
-    return client is None or (owner is not None and owner.decode() == client)
+    return client is None or (owner is not None and decode(owner) == client)

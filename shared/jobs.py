@@ -25,6 +25,7 @@ from shared.output_types import OutputType, TextSpec
 
 __all__ = [
     "STATE_FIELDS",
+    "WebhookEvent",
     "is_terminal",
     "EngineStats",
     "Job",
@@ -109,11 +110,15 @@ class Sampling(_Model):
 WebhookEvent = Literal["started", "completed"]
 
 
+def _completed_only() -> list[WebhookEvent]:
+    return ["completed"]
+
+
 class WebhookSpec(_Model):
     """Where to send the job's events. ``completed``: any terminal status."""
 
     url: str = Field(min_length=1, max_length=2048)
-    events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"], min_length=1)
+    events: list[WebhookEvent] = Field(default_factory=_completed_only, min_length=1)
 
     @model_validator(mode="after")
     def _url_form(self) -> Self:
@@ -248,11 +253,11 @@ class Job(JobCreate):
     def spec_json(self) -> str:
         """The request part of the record (never rewritten once stored)."""
         # by_alias: a JSON Schema spec is stored (and returned) under the key clients use.
-        return self.model_dump_json(exclude=STATE_FIELDS, by_alias=True)
+        return self.model_dump_json(exclude=_STATE_SET, by_alias=True)
 
     def state_json(self) -> str:
         """The part of the record every status change rewrites."""
-        return self.model_dump_json(include=STATE_FIELDS)
+        return self.model_dump_json(include=_STATE_SET)
 
     @classmethod
     def from_parts(cls, spec: bytes | str, state: bytes | str) -> Job:
@@ -276,6 +281,8 @@ STATE_FIELDS = frozenset(
         "engine",
     }
 )
+# As model_dump takes it (a set).
+_STATE_SET: set[str] = set(STATE_FIELDS)
 
 # Validation context for records structq stored itself (see ``shared.output_types``).
 TRUSTED = {"trusted": True}

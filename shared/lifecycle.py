@@ -25,7 +25,7 @@ from datetime import timedelta
 
 from shared.celery_message import task_message
 from shared.errors import ErrorCode
-from shared.jobs import Job, JobError, JobStatus, join_record, utcnow
+from shared.jobs import Job, JobError, JobStatus, WebhookEvent, join_record, utcnow
 from shared.keys import kombu_priority, queue_list, queue_name, task_id_for
 from shared.records import WebhookDelivery
 
@@ -76,7 +76,7 @@ class Change:
     keep_state: bool = False  # the stored state stays as it is (only the message changes)
     spec: bytes | None = field(default=None, compare=False)  # the stored spec, if at hand
 
-    def webhook_event(self) -> str | None:
+    def webhook_event(self) -> WebhookEvent | None:
         """The webhook event this change makes due, if the job asked for it: ``started`` on
         its first claim (after submission or a retry), ``completed`` on any terminal status."""
         job = self.job
@@ -101,7 +101,7 @@ class Change:
         return WebhookDelivery(
             id=f"msg_{uuid.uuid4().hex}",
             job_id=job.id,
-            event=event,  # type: ignore[arg-type]  # webhook_event returns one of the two
+            event=event,
             url=job.webhook.url,
             payload=payload,
         )

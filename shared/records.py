@@ -6,11 +6,12 @@ these models on both sides.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["WebhookDelivery", "WorkerAnnouncement"]
+from shared.jobs import WebhookEvent
+
+__all__ = ["WebhookDelivery", "WebhookWorkerAnnouncement", "WorkerAnnouncement"]
 
 
 class _Record(BaseModel):
@@ -37,6 +38,16 @@ class WebhookDelivery(_Record):
 
     id: str  # the webhook-id, the same on every attempt
     job_id: str
-    event: Literal["started", "completed"]
+    event: WebhookEvent
     url: str
     payload: str  # the exact body to send (and sign)
+
+
+class WebhookWorkerAnnouncement(_Record):
+    """A webhook worker's ready key (``shared.keys.WEBHOOK_WORKER_PREFIX``, renewed within
+    ``WEBHOOK_WORKER_TTL_S``): it is up and delivering. Written by the webhook worker, read by
+    its probe (``python -m worker check --webhooks``) and the gateway's health view."""
+
+    worker_id: str
+    pid: int
+    ready_at: datetime

@@ -81,12 +81,13 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
         raise ValueError(f"a redis+sentinel URL names its service: {url!r}")
     query = parse_qs(parts.query)
     password = unquote(parts.password) if parts.password else None
+    given = query.get("sentinel_password")
     return SentinelTarget(
         sentinels=sentinels,
         service=path[0],
         db=int(path[1]) if len(path) > 1 else 0,
         password=password,
-        sentinel_password=(query.get("sentinel_password") or [password])[0],
+        sentinel_password=given[0] if given else password,
     )
 
 
@@ -103,13 +104,14 @@ def async_client(url: str, max_connections: int, timeout_s: float = 10) -> aiore
             sentinel_kwargs={"password": target.sentinel_password, "socket_timeout": 2},
             socket_timeout=timeout_s,
         )
-        return sentinel.master_for(
+        primary: aioredis.Redis = sentinel.master_for(
             target.service,
             db=target.db,
             password=target.password,
             retry=retry,
             retry_on_error=_RETRY_ON,
         )
+        return primary
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -129,13 +131,14 @@ def sync_client(url: str, max_connections: int = 8, timeout_s: float = 30) -> re
             sentinel_kwargs={"password": target.sentinel_password, "socket_timeout": 2},
             socket_timeout=timeout_s,
         )
-        return sentinel.master_for(
+        client: redis.Redis = sentinel.master_for(
             target.service,
             db=target.db,
             password=target.password,
             retry=retry,
             retry_on_error=_RETRY_ON,
         )
+        return client
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -153,7 +153,7 @@ class ScriptCalls:
             state = job.state_json()
             delivery = change.delivery(state)
             message = change.message
-            deadline = ""
+            deadline: str | float = ""
             if change.deadline_changed:
                 due = job.deadline_ts()
                 deadline = "-" if due is None else due

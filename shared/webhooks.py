@@ -91,7 +91,7 @@ def resolve_checked(url: str, allowed: Sequence[IPNetwork]) -> tuple[str, str, i
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeUrl(f"the webhook host {host!r} does not resolve: {exc}") from None
-    addresses = check_addresses(host, [info[4][0] for info in infos], allowed)
+    addresses = check_addresses(host, [str(info[4][0]) for info in infos], allowed)
     return scheme, host, port, addresses[0]
 
 
