@@ -10,6 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
+    "BatchNotFound",
+    "FileNotFound",
+    "PayloadTooLarge",
     "Conflict",
     "ErrorCode",
     "EngineDead",
@@ -41,6 +44,10 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     INTERNAL_ERROR = "internal_error"
+    # A batch line that never ran (``/v1/batches``).
+    BATCH_CANCELLED = "batch_cancelled"
+    BATCH_EXPIRED = "batch_expired"
+    DUPLICATE_CUSTOM_ID = "duplicate_custom_id"
     # Conditions inside the worker that never end a job by themselves.
     JOB_FAILED = "job_failed"
     ENGINE_DEAD = "engine_dead"
@@ -55,6 +62,8 @@ class ErrorCode(StrEnum):
     COMPILE_BUSY = "compile_busy"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     JOB_NOT_FOUND = "job_not_found"
+    FILE_NOT_FOUND = "file_not_found"
+    BATCH_NOT_FOUND = "batch_not_found"
     MODEL_NOT_FOUND = "model_not_found"
     CONFLICT = "conflict"
     TIMEOUT = "timeout"
@@ -84,6 +93,21 @@ class Conflict(StructqError):
 class JobNotFound(StructqError):
     code = ErrorCode.JOB_NOT_FOUND
     http_status = 404
+
+
+class FileNotFound(StructqError):
+    code = ErrorCode.FILE_NOT_FOUND
+    http_status = 404
+
+
+class BatchNotFound(StructqError):
+    code = ErrorCode.BATCH_NOT_FOUND
+    http_status = 404
+
+
+class PayloadTooLarge(StructqError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    http_status = 413
 
 
 class ServiceUnavailable(StructqError):

@@ -9,6 +9,17 @@ the names they touch from here, as keys or prefixes, and build none themselves.
 from __future__ import annotations
 
 __all__ = [
+    "BATCHES_ACTIVE",
+    "BATCHES_INDEX_PREFIX",
+    "BATCH_CUSTOM_IDS_PREFIX",
+    "BATCH_INFLIGHT_PREFIX",
+    "BATCH_LINES_PREFIX",
+    "BATCH_LOCK_PREFIX",
+    "BATCH_LOCK_TTL_S",
+    "BATCH_PREFIX",
+    "FILES_INDEX_PREFIX",
+    "FILE_DATA_PREFIX",
+    "FILE_PREFIX",
     "ALL_INDEX",
     "BELL_PREFIX",
     "CANCEL_CHANNEL",
@@ -149,6 +160,28 @@ RATE_PREFIX = "structq:rate:"
 COMPILE_VERDICT_PREFIX = "structq:compile:"
 COMPILE_VERDICT_TTL_S = 7 * 86_400
 COMPILE_TIMEOUT_VERDICT_TTL_S = 3600
+
+# Files (``/v1/files``): a hash per file with its ``FileObject`` JSON (``meta``); its content in
+# the Redis file store as a list of chunks (``<data prefix><id>``); a sorted set per owner of
+# their files by creation time. All with the file's retention as TTL.
+FILE_PREFIX = "structq:file:"
+FILE_DATA_PREFIX = "structq:file-data:"
+FILES_INDEX_PREFIX = "structq:files:"
+
+# Batches (``/v1/batches``): a hash per batch (``batch``: the ``Batch`` JSON; ``cursor``: the
+# byte offset and line number up to which its input is enqueued; ``cancel``: asked to stop);
+# a hash of its lines (line number -> what became of it: its job ids or its error); a set of
+# the lines in flight; a set of the custom_ids seen. A sorted set per owner of their batches,
+# and one of the batches some gateway must drive (``BATCHES_ACTIVE``), each driven by one
+# gateway process at a time (a lock with a short TTL, renewed while it drives).
+BATCH_PREFIX = "structq:batch:"
+BATCH_LINES_PREFIX = "structq:batch-lines:"
+BATCH_INFLIGHT_PREFIX = "structq:batch-inflight:"
+BATCH_CUSTOM_IDS_PREFIX = "structq:batch-cids:"
+BATCHES_INDEX_PREFIX = "structq:batches:"
+BATCHES_ACTIVE = "structq:batches-active"
+BATCH_LOCK_PREFIX = "structq:batch-lock:"
+BATCH_LOCK_TTL_S = 15
 
 # The Celery task every job message names. The gateway writes these messages itself.
 TASK_NAME = "structq.run_job"

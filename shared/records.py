@@ -46,7 +46,7 @@ class WebhookDelivery(_Record):
 class WebhookWorkerAnnouncement(_Record):
     """A webhook worker's ready key (``shared.keys.WEBHOOK_WORKER_PREFIX``, renewed within
     ``WEBHOOK_WORKER_TTL_S``): it is up and delivering. Written by the webhook worker, read by
-    its probe (``python -m worker check --webhooks``) and the gateway's health view."""
+    its probe (``python -m worker check --webhooks``) and the test stacks."""
 
     worker_id: str
     pid: int

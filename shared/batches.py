@@ -1,0 +1,140 @@
+"""Files and batches, as OpenAI's Files and Batch APIs shape them (``/v1/files``,
+``/v1/batches``): what a client sends, what is stored, what the API returns.
+
+A batch is one unit of work over an uploaded JSONL file, one request per line; its lines run as
+ordinary structq jobs, and its output and error files are files like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.jobs import WebhookSpec
+
+__all__ = [
+    "BATCH_ENDPOINTS",
+    "Batch",
+    "BatchCreate",
+    "BatchStatus",
+    "FileObject",
+    "RequestCounts",
+    "window_seconds",
+]
+
+# What a batch's lines may be: OpenAI's two text endpoints, and structq's native job body.
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/jobs")
+
+_WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")
+
+
+def window_seconds(window: str) -> int:
+    """``24h`` -> 86400 (a completion window: whole hours, 1 to 168)."""
+    match = _WINDOW.match(window)
+    if match is None or not 1 <= int(match.group(1)) <= 168:
+        raise ValueError(f"completion_window must be whole hours from 1h to 168h, got {window!r}")
+    return int(match.group(1)) * 3600
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (
+            BatchStatus.COMPLETED,
+            BatchStatus.FAILED,
+            BatchStatus.EXPIRED,
+            BatchStatus.CANCELLED,
+        )
+
+
+class FileObject(BaseModel):
+    """An uploaded (or produced) file, as ``GET /v1/files/{id}`` returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+    filename: str
+    purpose: str
+    status: Literal["processed"] = "processed"
+    # structq's: non-empty lines (a batch's request count).
+    lines: int = 0
+    owner: str | None = Field(default=None, exclude=True)
+
+
+class BatchCreate(BaseModel):
+    """``POST /v1/batches``. ``priority`` and ``webhook`` are structq's own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=128)
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # Lines run at the lowest priority unless the batch asks for another (0-3, 3 first).
+    priority: int = Field(default=0, ge=0, le=3)
+    webhook: WebhookSpec | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _known_endpoint(cls, value: str) -> str:
+        if value not in BATCH_ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(BATCH_ENDPOINTS)}")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        window_seconds(value)
+        return value
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class Batch(BaseModel):
+    """A batch as stored and as ``GET /v1/batches/{id}`` returns it (OpenAI's shape)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: dict[str, Any] | None = None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+    priority: int = 0
+    webhook: WebhookSpec | None = Field(default=None, exclude=True)
+    owner: str | None = Field(default=None, exclude=True)
