@@ -28,15 +28,22 @@ __all__ = [
 # What a batch's lines may be: OpenAI's two text endpoints, and structq's native job body.
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/jobs")
 
-_WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+# OpenAI takes "24h" alone; structq takes any window from 10 s to 7 days ("30m", "48h").
+_WINDOW_MIN_S, _WINDOW_MAX_S = 10, 7 * 86_400
 
 
 def window_seconds(window: str) -> int:
-    """``24h`` -> 86400 (a completion window: whole hours, 1 to 168)."""
+    """A completion window in seconds: ``24h`` -> 86400."""
     match = _WINDOW.match(window)
-    if match is None or not 1 <= int(match.group(1)) <= 168:
-        raise ValueError(f"completion_window must be whole hours from 1h to 168h, got {window!r}")
-    return int(match.group(1)) * 3600
+    seconds = 0 if match is None else int(match.group(1)) * _UNIT_S[match.group(2)]
+    if not _WINDOW_MIN_S <= seconds <= _WINDOW_MAX_S:
+        raise ValueError(
+            f"completion_window must be a number and a unit (s, m, h) from 10s to 168h, e.g. "
+            f"24h; got {window!r}"
+        )
+    return seconds
 
 
 class BatchStatus(StrEnum):
