@@ -149,7 +149,13 @@ def _body(code: str, message: str, **extra: object) -> dict[str, object]:
 
 
 # Routes that answer errors in OpenAI's shape, for the openai SDK and the clients built on it.
-_OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+_OPENAI_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/files",
+    "/v1/batches",
+)
 
 
 def _openai_route(request: Request) -> bool:

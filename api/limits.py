@@ -12,14 +12,21 @@ _METHODS_WITH_BODY = {"POST", "PUT", "PATCH"}
 
 class BodyLimit:
     """Pure ASGI middleware: a body over ``max_bytes`` gets 413 without reaching the app (a
-    lying or absent Content-Length included: the body is counted as it arrives)."""
+    lying or absent Content-Length included: the body is counted as it arrives). Paths in
+    ``streamed`` pass through untouched: their routes read the body as a stream and enforce
+    their own, larger limit (file uploads)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in _METHODS_WITH_BODY:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _METHODS_WITH_BODY
+            or scope["path"] in self.streamed
+        ):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -15,11 +15,15 @@ from fastapi import FastAPI
 
 from api.admission import Admission
 from api.auth import KeyRing, rate_script
+from api.batch_driver import BatchDriver
+from api.batches import Batches
 from api.deps import Gateway
 from api.errors import install_error_handlers
+from api.file_store import RedisFileStore
+from api.files import Files
 from api.janitor import Janitor
 from api.limits import BodyLimit
-from api.routes import admin, bulk, health, jobs, openai
+from api.routes import admin, batches, bulk, files, health, jobs, openai
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore
@@ -53,9 +57,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         janitor = Janitor(app.state.store, settings)
         janitor.start()
+        app.state.files = Files(client, RedisFileStore(client), settings)
+        app.state.batches = Batches(client, app.state.files, settings)
+        driver = BatchDriver(
+            client,
+            app.state.store,
+            app.state.batches,
+            app.state.files,
+            settings,
+            app.state.admission,
+        )
+        driver.start()
         try:
             yield
         finally:
+            await driver.stop()
             await janitor.stop()
             if warming is not None:
                 warming.cancel()
@@ -75,11 +91,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.keys = KeyRing(settings.api_keys)
     if not settings.api_keys:
         log.warning("STRUCTQ_INSECURE_NO_AUTH: no API keys, every caller is an admin")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=("/v1/files",))
     install_error_handlers(app)
     app.include_router(bulk.router)
     app.include_router(jobs.router)
     app.include_router(openai.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     return app

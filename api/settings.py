@@ -83,6 +83,26 @@ class ApiSettings(CommonSettings):
         "per streaming request while it reads).",
     )
 
+    # -- files and batches ----------------------------------------------------------------
+    file_max_bytes: int = Field(
+        200 << 20, ge=1024, description="Largest file upload (`POST /v1/files`; 413 beyond)."
+    )
+    file_max_lines: int = Field(
+        100_000, ge=1, description="Most lines in an uploaded file (422 beyond)."
+    )
+    file_retention_s: int = Field(
+        7 * 86_400, gt=0, description="How long files and batches are kept."
+    )
+    batch_max_in_flight: int = Field(
+        1024,
+        ge=1,
+        description="Lines of one batch queued or running at once; the batch driver tops "
+        "them up as they finish (a batch's cap, instead of the per-key caps line by line).",
+    )
+    batch_poll_s: float = Field(
+        0.5, gt=0, description="How often a gateway's batch driver looks at its batches."
+    )
+
     # -- security ------------------------------------------------------------------------
     api_keys: list[ApiKey] = Field(
         default_factory=list,

@@ -24,6 +24,7 @@ from shared.keys import PRIORITY_LEVELS
 from shared.output_types import OutputType, TextSpec
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "STATE_FIELDS",
     "WebhookEvent",
     "is_terminal",
@@ -110,6 +111,10 @@ class Sampling(_Model):
 WebhookEvent = Literal["started", "completed"]
 
 
+# A job's priority unless it asks for another: 1, normal; 0 is background (batch lines).
+DEFAULT_PRIORITY = 1
+
+
 def _completed_only() -> list[WebhookEvent]:
     return ["completed"]
 
@@ -156,10 +161,11 @@ class JobCreate(_Model):
     model: str | None = Field(None, description="Served model name; default: the pool's model.")
     metadata: dict[_MetadataKey, _MetadataValue] = Field(default_factory=dict, max_length=16)
     priority: int = Field(
-        0,
+        DEFAULT_PRIORITY,
         ge=0,
         le=PRIORITY_LEVELS - 1,
-        description="Higher runs first when the queue is backed up (0: normal, 3: most urgent).",
+        description="Higher runs first when the queue is backed up: 0 background (a batch's "
+        "lines by default), 1 normal (the default), 2 and 3 more urgent.",
     )
     deadline: AwareDatetime | None = Field(
         None,

@@ -14,11 +14,12 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from scripts.seed_jobs import ARITHMETIC_GRAMMAR, CHARACTER_SCHEMA
+from shared.jobs import DEFAULT_PRIORITY
 from shared.keys import JOB_PREFIX, TASK_NAME, queue_list, queue_lists
 from shared.settings import DEFAULT_MODEL
 
 # Where a job of the default priority goes.
-QUEUE = queue_list(DEFAULT_MODEL, 0)
+QUEUE = queue_list(DEFAULT_MODEL, DEFAULT_PRIORITY)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from shared import lifecycle
 from shared.async_store import AsyncJobStore
-from shared.jobs import Job, JobStatus
+from shared.jobs import DEFAULT_PRIORITY, Job, JobStatus
 from shared.keys import (
     ALL_INDEX,
     DEAD_LETTER,
@@ -148,9 +148,9 @@ def test_requeue_pushes_a_fresh_message_and_deadline_entry(redis_client, redis_u
     _create(redis_url, job.model_copy(update={"deadline": job.created_at.replace(year=2999)}))
     claim = _claim(store, "j3")
     assert _ids(redis_client, DEADLINES) == []
-    assert redis_client.rpop(queue_list("m", 0))  # the worker took the first message
+    assert redis_client.rpop(queue_list("m", DEFAULT_PRIORITY))  # the worker took the first message
     assert store.apply(lifecycle.requeue(claim.job, claim.new_run, give_back=True))
-    message = json.loads(redis_client.lindex(queue_list("m", 0), 0))
+    message = json.loads(redis_client.lindex(queue_list("m", DEFAULT_PRIORITY), 0))
     assert message["headers"]["id"].startswith("j3~")  # unique among messages in flight
     assert store.get("j3").attempts == 0  # a drained run is given back
     assert _ids(redis_client, DEADLINES) == ["j3"]
@@ -198,7 +198,10 @@ def test_stale_messages_are_dropped(redis_client, redis_url):
     _create(redis_url, _job("gone"))
     JobStore(redis_client, 50).apply(lifecycle.cancel_queued(_job("gone"), "test"))
     assert _run(redis_url, lambda store: store.drop_stale_messages(queue_lists("m"))) == 1
-    left = [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue_list("m", 0), 0, -1)]
+    left = [
+        json.loads(m)["headers"]["id"]
+        for m in redis_client.lrange(queue_list("m", DEFAULT_PRIORITY), 0, -1)
+    ]
     assert left == ["keep"]
 
 
@@ -224,7 +227,10 @@ def test_take_registers_messages_as_kombu_does_and_the_claim_acknowledges(redis_
     with Connection(redis_url, transport_options=transport) as conn:
         channel = conn.default_channel
         channel.qos.restore_by_tag("low")
-    assert json.loads(redis_client.lindex(queue_list("m", 0), 0))["headers"]["id"] == "low"
+    assert (
+        json.loads(redis_client.lindex(queue_list("m", DEFAULT_PRIORITY), 0))["headers"]["id"]
+        == "low"
+    )
     assert not redis_client.hexists(unacked, "low")
     # Claiming acknowledges: the message leaves kombu's unacknowledged hash.
     tag, row = taken[0]

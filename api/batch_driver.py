@@ -1,0 +1,430 @@
+"""The batch driver: turns a batch's lines into jobs, follows them, and writes the batch's
+output and error files. Every gateway process runs one; a batch is driven by one process at a
+time (a lock with a short TTL, renewed every round), and another takes it over if that process
+dies: everything the driver knows is in Redis.
+
+A round of a batch (every STRUCTQ_BATCH_POLL_S):
+- lines whose jobs all finished are counted (completed, or failed) and leave the in-flight set;
+- while fewer than STRUCTQ_BATCH_MAX_IN_FLIGHT lines are in flight, the next lines are read,
+  checked as ``POST /v1/jobs`` (or the OpenAI route) would check them, and stored as jobs at the
+  batch's priority (lowest by default, so interactive jobs overtake it), many per script call.
+  A line's job is created under an idempotency key of its own (batch id, line number): a
+  driver that takes over re-reads from the last recorded line without duplicating a job. A bad
+  line is recorded with the error a single request would get, and counts as failed;
+- once every line is read and none is in flight, or the batch is cancelled or past its window
+  (its unfinished jobs then cancelled, and waited for), the output and error files are written
+  from the job records, streaming, in input order: one line in one of the two per input line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from fastapi.exceptions import RequestValidationError
+
+from api import batch_lines, service
+from api.admission import Admission
+from api.auth import Caller
+from api.batches import Batches
+from api.files import Files
+from api.settings import ApiSettings
+from shared.async_store import AsyncJobStore
+from shared.batches import Batch, BatchStatus
+from shared.errors import BatchNotFound, ErrorCode, StructqError
+from shared.jobs import JobPublic, is_terminal
+from shared.keys import (
+    BATCH_CUSTOM_IDS_PREFIX,
+    BATCH_INFLIGHT_PREFIX,
+    BATCH_LINES_PREFIX,
+    BATCH_LOCK_PREFIX,
+    BATCH_LOCK_TTL_S,
+    BATCH_PREFIX,
+    BATCHES_ACTIVE,
+)
+from shared.script_calls import NewJob
+
+__all__ = ["BatchDriver"]
+
+log = logging.getLogger(__name__)
+
+# Lines stored per script call, and read back per round trip when writing the files.
+_CHUNK = 200
+
+_STOPPING = {BatchStatus.CANCELLING: BatchStatus.CANCELLED}
+
+
+class _Run:
+    """One batch as this process drives it: its input, read once, front to back."""
+
+    def __init__(self, lines: AsyncIterator[bytes], start: int) -> None:
+        self.lines = lines
+        self.next_line = 0  # the input's next line number to read
+        self.resume_at = start  # lines before this were stored by an earlier driver
+        self.eof = False
+        self.stopping_sent = False
+
+
+class BatchDriver:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        store: AsyncJobStore,
+        batches: Batches,
+        files: Files,
+        settings: ApiSettings,
+        admission: Admission | None,
+    ) -> None:
+        self._redis = client
+        self._store = store
+        self._batches = batches
+        self._files = files
+        self._settings = settings
+        self._admission = admission
+        self._me = uuid.uuid4().hex
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._watch(), name="structq-batch-driver")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _watch(self) -> None:
+        """Take up every active batch no other process drives."""
+        while True:
+            try:
+                active = cast(list[bytes], await self._redis.zrange(BATCHES_ACTIVE, 0, -1))
+                for raw in active:
+                    batch_id = raw.decode()
+                    if batch_id in self._tasks:
+                        continue
+                    lock = BATCH_LOCK_PREFIX + batch_id
+                    if await self._redis.set(lock, self._me, nx=True, ex=BATCH_LOCK_TTL_S):
+                        self._tasks[batch_id] = asyncio.create_task(self._drive(batch_id))
+            except Exception as exc:  # Redis away: look again next time
+                log.warning("batch driver: %r", exc)
+            await asyncio.sleep(self._settings.batch_poll_s)
+
+    async def _drive(self, batch_id: str) -> None:
+        lock = BATCH_LOCK_PREFIX + batch_id
+        try:
+            await self._rounds(batch_id, lock)
+        finally:
+            self._tasks.pop(batch_id, None)
+            with contextlib.suppress(Exception):
+                if await self._redis.get(lock) == self._me.encode():
+                    await self._redis.delete(lock)
+
+    async def _rounds(self, batch_id: str, lock: str) -> None:
+        run: _Run | None = None
+        while True:
+            try:
+                if await self._redis.get(lock) != self._me.encode():
+                    return  # another process took over (this one stalled past the lock's TTL)
+                await self._redis.expire(lock, BATCH_LOCK_TTL_S)
+                batch = await self._batches.get(batch_id, None)
+                if batch.status.terminal:
+                    await self._redis.zrem(BATCHES_ACTIVE, batch_id)
+                    return
+                if run is None:
+                    cursor = await self._redis.hget(BATCH_PREFIX + batch_id, "cursor")
+                    run = _Run(self._files.lines(batch.input_file_id), int(cursor or 0))
+                await self._round(batch, run)
+            except BatchNotFound:
+                await self._redis.zrem(BATCHES_ACTIVE, batch_id)
+                return
+            except Exception as exc:  # Redis away, or a bug: the next round tries again
+                log.warning("batch %s: %r", batch_id, exc, exc_info=True)
+                # Lines read but not recorded are read again, from the recorded cursor (their
+                # jobs' idempotency keys keep them from being created twice).
+                run = None
+            await asyncio.sleep(self._settings.batch_poll_s)
+
+    async def _round(self, batch: Batch, run: _Run) -> None:
+        if batch.status is BatchStatus.VALIDATING:
+            await self._validate(batch)
+            return
+        if batch.status is BatchStatus.FINALIZING:
+            await self._finalize(batch)
+            return
+        in_flight = await self._follow(batch)
+        expired = time.time() >= batch.expires_at
+        if batch.status is BatchStatus.CANCELLING or expired:
+            if not run.stopping_sent:
+                await self._cancel_in_flight(batch)
+                run.stopping_sent = True
+            if in_flight == 0:
+                cancelled = batch.status is BatchStatus.CANCELLING
+                final = BatchStatus.CANCELLED if cancelled else BatchStatus.EXPIRED
+                await self._to_finalizing(batch, final)
+            return
+        if not run.eof:
+            in_flight = await self._enqueue(batch, run, in_flight)
+        if run.eof and in_flight == 0:
+            await self._to_finalizing(batch, BatchStatus.COMPLETED)
+
+    async def _validate(self, batch: Batch) -> None:
+        """``validating -> in_progress`` (its request count known), or ``failed``."""
+        total = 0
+        try:
+            async for line in self._files.lines(batch.input_file_id):
+                total += bool(line.strip())
+        except Exception:
+            total = 0
+        now = int(time.time())
+        if total == 0:
+            error = {"code": "empty_file", "message": "the input file has no request lines"}
+            failed = batch.model_copy(
+                update={
+                    "status": BatchStatus.FAILED,
+                    "failed_at": now,
+                    "errors": {"object": "list", "data": [{**error, "line": None}]},
+                }
+            )
+            await self._batches.update(failed, (BatchStatus.VALIDATING,))
+            return
+        await self._redis.hset(BATCH_PREFIX + batch.id, "total", total)
+        running = batch.model_copy(
+            update={"status": BatchStatus.IN_PROGRESS, "in_progress_at": now}
+        )
+        await self._batches.update(running, (BatchStatus.VALIDATING,))
+
+    async def _follow(self, batch: Batch) -> int:
+        """Count the lines whose jobs all finished; how many are still in flight."""
+        inflight_key = BATCH_INFLIGHT_PREFIX + batch.id
+        members = cast(list[bytes], await self._redis.smembers(inflight_key))
+        if not members:
+            return 0
+        numbers = [m.decode() for m in members]
+        entries = cast(
+            list[bytes | None], await self._redis.hmget(BATCH_LINES_PREFIX + batch.id, numbers)
+        )
+        jobs = [json.loads(e or b"{}").get("j", []) for e in entries]
+        flat = [job_id for ids in jobs for job_id in ids]
+        statuses = dict(zip(flat, await self._store.statuses(flat), strict=True))
+        done, completed, failed = [], 0, 0
+        for number, ids in zip(numbers, jobs, strict=True):
+            states = [statuses.get(i) for i in ids]
+            if all(s is None or is_terminal(s) for s in states):
+                done.append(number)
+                if states and all(s == b"succeeded" for s in states):
+                    completed += 1
+                else:
+                    failed += 1
+        if done:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(inflight_key, *done)
+                pipe.hincrby(BATCH_PREFIX + batch.id, "completed", completed)
+                pipe.hincrby(BATCH_PREFIX + batch.id, "failed", failed)
+                await pipe.execute()
+        return len(numbers) - len(done)
+
+    async def _enqueue(self, batch: Batch, run: _Run, in_flight: int) -> int:
+        """Read and store lines until the window is full or the input ends."""
+        window = self._settings.batch_max_in_flight
+        caller = Caller(batch.owner or "anonymous", admin=False, owns_jobs=batch.owner is not None)
+        while in_flight < window and not run.eof:
+            entries: dict[Any, str] = {}  # line number -> its entry (JSON)
+            new: list[tuple[str, int, list[NewJob], int]] = []
+            refused = 0
+            while len(new) < _CHUNK and in_flight + len(new) < window:
+                try:
+                    raw = await anext(run.lines)
+                except StopAsyncIteration:
+                    run.eof = True
+                    break
+                number = run.next_line
+                run.next_line += 1
+                if not raw.strip() or number < run.resume_at:
+                    continue
+                outcome = await self._prepare(batch, caller, raw, number)
+                if isinstance(outcome, dict):
+                    entries[str(number)] = json.dumps(outcome)
+                    refused += 1
+                else:
+                    new.append(outcome)
+            stored = await self._store_jobs(batch, caller, new)
+            entries.update(stored)
+            ids_in_flight = [str(number) for _, number, _, _ in new if str(number) in stored]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if entries:
+                    pipe.hset(BATCH_LINES_PREFIX + batch.id, mapping=entries)
+                    pipe.expire(BATCH_LINES_PREFIX + batch.id, self._batches.ttl_s)
+                if ids_in_flight:
+                    pipe.sadd(BATCH_INFLIGHT_PREFIX + batch.id, *ids_in_flight)
+                    pipe.expire(BATCH_INFLIGHT_PREFIX + batch.id, self._batches.ttl_s)
+                pipe.hincrby(BATCH_PREFIX + batch.id, "failed", refused)
+                pipe.hset(BATCH_PREFIX + batch.id, "cursor", run.next_line)
+                await pipe.execute()
+            in_flight += len(ids_in_flight)
+        return in_flight
+
+    async def _prepare(
+        self, batch: Batch, caller: Caller, raw: bytes, number: int
+    ) -> tuple[str, int, list[NewJob], int] | dict[str, Any]:
+        """A line's jobs, checked and built (not stored); or its error entry."""
+        try:
+            left_s = max(1.0, batch.expires_at - time.time())
+            line = batch_lines.parse(raw, number, batch.endpoint, self._settings, left_s)
+        except batch_lines.LineRefused as exc:
+            return {"c": exc.custom_id, "e": exc.entry()}
+        # custom_id -> its line: a re-read of the same line (a takeover) is no duplicate.
+        cids = BATCH_CUSTOM_IDS_PREFIX + batch.id
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(cids, line.custom_id, number)
+            pipe.hget(cids, line.custom_id)
+            pipe.expire(cids, self._batches.ttl_s)
+            _, owner_line, _ = await pipe.execute()
+        if int(owner_line) != number:
+            message = f"custom_id {line.custom_id!r} is already used by line {int(owner_line)}"
+            return {
+                "c": line.custom_id,
+                "e": {"status": 400, "code": ErrorCode.DUPLICATE_CUSTOM_ID, "message": message},
+            }
+        jobs = []
+        for part, body in enumerate(line.bodies):
+            body = body.model_copy(update={"priority": batch.priority})
+            key = f"batch:{batch.id}:{number}:{part}"
+            try:
+                jobs.append(
+                    await service.prepare(
+                        self._settings, body, caller, key, self._admission, line.fit_max_tokens
+                    )
+                )
+            except (StructqError, RequestValidationError) as exc:
+                item = service.item_error(exc)
+                error = item.error or {}
+                return {
+                    "c": line.custom_id,
+                    "e": {
+                        "status": item.status,
+                        "code": error.get("code", ErrorCode.INVALID_REQUEST),
+                        "message": error.get("message", ""),
+                    },
+                }
+        return line.custom_id, number, jobs, line.n
+
+    async def _store_jobs(
+        self, batch: Batch, caller: Caller, new: list[tuple[str, int, list[NewJob], int]]
+    ) -> dict[str, str]:
+        """Store the lines' jobs in one script call; each line's entry."""
+        flat = [job for _, _, jobs, _ in new for job in jobs]
+        if not flat:
+            return {}
+        created = await self._store.create_many(flat, (0, 0), self._settings.idempotency_ttl_s)
+        entries: dict[Any, str] = {}
+        position = 0
+        for custom_id, number, jobs, n in new:
+            ids = []
+            for new_job, done in zip(jobs, created[position : position + len(jobs)], strict=True):
+                ids.append(done.earlier_id if done.earlier_id else new_job.job.id)
+            position += len(jobs)
+            entries[str(number)] = json.dumps({"c": custom_id, "j": ids, "n": n})
+        return entries
+
+    async def _cancel_in_flight(self, batch: Batch) -> None:
+        members = cast(list[bytes], await self._redis.smembers(BATCH_INFLIGHT_PREFIX + batch.id))
+        numbers = [m.decode() for m in members]
+        if not numbers:
+            return
+        entries = cast(
+            list[bytes | None], await self._redis.hmget(BATCH_LINES_PREFIX + batch.id, numbers)
+        )
+        ids = [i for e in entries for i in json.loads(e or b"{}").get("j", [])]
+        for job in await self._store.get_many(ids):
+            if job is not None and not job.status.terminal:
+                await service.cancel(self._store, job, f"batch {batch.id} stopped")
+
+    async def _to_finalizing(self, batch: Batch, final: BatchStatus) -> None:
+        await self._redis.hset(BATCH_PREFIX + batch.id, "final", final.value)
+        finalizing = batch.model_copy(
+            update={"status": BatchStatus.FINALIZING, "finalizing_at": int(time.time())}
+        )
+        await self._batches.update(finalizing, (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING))
+
+    async def _finalize(self, batch: Batch) -> None:
+        """Write the output and error files, streaming; the batch's final status."""
+        final_raw = cast(bytes | None, await self._redis.hget(BATCH_PREFIX + batch.id, "final"))
+        final = BatchStatus((final_raw or b"completed").decode())
+        never_ran = (
+            ErrorCode.BATCH_EXPIRED if final is BatchStatus.EXPIRED else ErrorCode.BATCH_CANCELLED
+        )
+        output = self._files.produce(f"{batch.id}_output.jsonl", "batch_output", batch.owner)
+        errors = self._files.produce(f"{batch.id}_error.jsonl", "batch_output", batch.owner)
+        async for good, line in self._answers(batch, never_ran):
+            await (output if good else errors).write(line + b"\n")
+        output_file, error_file = await output.finish(), await errors.finish()
+        stamp = {
+            BatchStatus.COMPLETED: "completed_at",
+            BatchStatus.CANCELLED: "cancelled_at",
+            BatchStatus.EXPIRED: "expired_at",
+        }[final]
+        done = batch.model_copy(
+            update={
+                "status": final,
+                stamp: int(time.time()),
+                "output_file_id": None if output_file is None else output_file.id,
+                "error_file_id": None if error_file is None else error_file.id,
+            }
+        )
+        if await self._batches.update(done, (BatchStatus.FINALIZING,)) is None:
+            await self._redis.zrem(BATCHES_ACTIVE, batch.id)
+            log.info("batch %s %s", batch.id, final.value)
+        else:  # finalized meanwhile by another driver: drop this one's files
+            for produced in (output_file, error_file):
+                if produced is not None:
+                    await self._files.delete(produced.id, None)
+
+    async def _answers(
+        self, batch: Batch, never_ran: ErrorCode
+    ) -> AsyncIterator[tuple[bool, bytes]]:
+        """Per non-empty input line, in order: (is it an output line, the line)."""
+        pending: list[tuple[int, bytes]] = []
+        number = -1
+        async for raw in self._files.lines(batch.input_file_id):
+            number += 1
+            if raw.strip():
+                pending.append((number, raw))
+            if len(pending) == _CHUNK:
+                for item in await self._answer_chunk(batch, pending, never_ran):
+                    yield item
+                pending.clear()
+        if pending:
+            for item in await self._answer_chunk(batch, pending, never_ran):
+                yield item
+
+    async def _answer_chunk(
+        self, batch: Batch, pending: list[tuple[int, bytes]], never_ran: ErrorCode
+    ) -> list[tuple[bool, bytes]]:
+        numbers = [str(n) for n, _ in pending]
+        entries = cast(
+            list[bytes | None], await self._redis.hmget(BATCH_LINES_PREFIX + batch.id, numbers)
+        )
+        parsed = [None if e is None else json.loads(e) for e in entries]
+        ids = [i for p in parsed if p for i in p.get("j", [])]
+        records = dict(zip(ids, await self._store.get_many_raw(ids), strict=True))
+        out = []
+        for (_, raw), entry in zip(pending, parsed, strict=True):
+            if entry is None:
+                out.append((False, batch_lines.never_ran(raw, never_ran)))
+            elif "e" in entry:
+                out.append((False, batch_lines.refused_line(entry["c"], entry["e"])))
+            else:
+                found = [records.get(i) for i in entry["j"]]
+                jobs = [None if r is None else JobPublic.model_validate_json(r) for r in found]
+                out.append(batch_lines.answer(batch.endpoint, entry["c"], jobs, entry["n"]))
+        return out
