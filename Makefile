@@ -31,8 +31,11 @@ worker: setup
 gateway: setup
 	$(PY) -m api
 
-lint:
-	$(PY) -m ruff check api worker shared scripts tests
+## ruff, and mypy (strict on shared/ and worker/; see pyproject.toml).
+lint: setup
+	$(PY) -m ruff check api worker shared scripts tests bench
+	$(PY) -m ruff format --check api worker shared scripts tests bench
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

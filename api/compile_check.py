@@ -27,6 +27,7 @@ from api.compile_worker import serve
 from api.errors import CompileBusy
 from shared.keys import COMPILE_TIMEOUT_VERDICT_TTL_S, COMPILE_VERDICT_PREFIX, COMPILE_VERDICT_TTL_S
 from shared.output_types import GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
+from shared.redis_pools import decoded_one
 
 __all__ = ["CompileChecker"]
 
@@ -177,7 +178,7 @@ class CompileChecker:
             verdict = None
         if verdict is None and self._redis is not None:
             cached = await self._redis.get(COMPILE_VERDICT_PREFIX + digest)
-            verdict = None if cached is None else cached.decode()
+            verdict = decoded_one(cached)
         if verdict is None:
             running = self._inflight.get(digest)
             if running is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -134,7 +134,8 @@ class Files:
         limit = self._settings.file_max_bytes
         pending: list[bytes] = []
         upload = _Upload(pending.append)
-        parser = MultipartParser(options[b"boundary"], upload.callbacks())  # type: ignore[arg-type]  # python-multipart types its callbacks as a TypedDict
+        callbacks: Any = upload.callbacks()  # python-multipart's stub wants its own TypedDict
+        parser = MultipartParser(options[b"boundary"], callbacks)
         writer = self.store.writer(file_id, self._settings.file_retention_s)
         size, lines, last = 0, 0, b"\n"
         try:

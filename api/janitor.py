@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import time
+from typing import cast
 
 from api.settings import ApiSettings
 from shared import lifecycle
@@ -45,6 +46,7 @@ from shared.keys import (
     worker_jobs_key,
     worker_key,
 )
+from shared.redis_pools import decoded
 
 __all__ = ["Janitor"]
 
@@ -100,7 +102,7 @@ class Janitor:
 
     async def _observe_workers(self) -> None:
         """Note which workers hold claimed jobs without a heartbeat, and since when."""
-        members = [m.decode() for m in await self._redis.zrange(WORKERS_INDEX, 0, -1)]
+        members = decoded(await self._redis.zrange(WORKERS_INDEX, 0, -1))
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker in members:
                 pipe.exists(worker_key(worker))
@@ -140,7 +142,7 @@ class Janitor:
 
     async def _expire_overdue(self) -> int:
         due = await self._redis.zrangebyscore(DEADLINES, "-inf", time.time(), start=0, num=_BATCH)
-        ids = [member.decode() for member in due]
+        ids = decoded(due)
         changes = []
         for job_id, job in zip(ids, await self._store.get_many(ids), strict=True):
             if job is None or job.status is not JobStatus.QUEUED:
@@ -154,7 +156,8 @@ class Janitor:
         for worker in [w for w in self._missing_since if self._gone(w)]:
             ledger = worker_jobs_key(worker)
             claimed = {
-                k.decode(): v.decode() for k, v in (await self._redis.hgetall(ledger)).items()
+                k.decode(): v.decode()
+                for k, v in cast(dict[bytes, bytes], await self._redis.hgetall(ledger)).items()
             }
             jobs = await self._store.get_many(list(claimed))
             changes = []
@@ -187,7 +190,7 @@ class Janitor:
             waiting = await self._redis.zrangebyscore(model_queued_index(model), "-inf", horizon_ms)
             if not waiting:
                 continue
-            ids = [m.decode() for m in waiting]
+            ids = decoded(waiting)
             queued, taken = await self._store.messages(queue_lists(model))
             cutoff = time.time() - grace_s
             for job_id, tag in zip(ids, await self._store.message_tags(ids), strict=True):
@@ -234,6 +237,6 @@ class Janitor:
         waiting += [client_index(owner, JobStatus.QUEUED.value) for owner in owners]
         for index in waiting:
             old = await self._redis.zrangebyscore(index, "-inf", horizon_ms, start=0, num=_BATCH)
-            gone = [m for m in old if not await self._redis.exists(JOB_PREFIX + m.decode())]
+            gone = [m for m in decoded(old) if not await self._redis.exists(JOB_PREFIX + m)]
             if gone:
                 await self._redis.zrem(index, *gone)

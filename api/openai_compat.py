@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.errors import InvalidRequest, JobFailedError, JobRefused, JobTimedOut
-from shared.errors import StructqError
-from shared.jobs import JobCreate, JobPublic, Message, Sampling
+from shared.errors import ErrorCode, StructqError
+from shared.jobs import JobCreate, JobPublic, JobStatus, Message, Role, Sampling
 from shared.output_types import (
     ChoiceSpec,
     GrammarSpec,
@@ -314,7 +314,12 @@ def _text_content(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
 
 
 def _messages(raw: list[dict[str, Any]]) -> list[Message]:
@@ -401,29 +406,28 @@ def outcome(job: JobPublic | None, job_id: str) -> Outcome:
     if job is None:
         return Outcome(error=JobFailedError(f"job {job_id} vanished (deleted meanwhile?)"))
     if job.result is not None:
-        usage = job.result.usage
         return Outcome(
             text=job.result.text,
             finish_reason=job.result.finish_reason,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
+            prompt_tokens=job.result.usage.prompt_tokens,
+            completion_tokens=job.result.usage.completion_tokens,
         )
     error = job.error
-    if job.status.value in ("queued", "running"):
+    if not job.status.terminal:
         return Outcome(error=JobTimedOut(f"job {job_id} did not finish in time; cancelled"))
     if error is None:
         return Outcome(error=JobFailedError(f"job {job_id} ended {job.status.value}"))
-    usage = error.usage
-    if error.code in ("output_truncated", "output_invalid"):
+    if error.code in (ErrorCode.OUTPUT_TRUNCATED, ErrorCode.OUTPUT_INVALID):
+        spent = error.usage
         return Outcome(
             text=error.text or "",
-            finish_reason="length" if error.code == "output_truncated" else "stop",
-            prompt_tokens=0 if usage is None else usage.prompt_tokens,
-            completion_tokens=0 if usage is None else usage.completion_tokens,
+            finish_reason="length" if error.code == ErrorCode.OUTPUT_TRUNCATED else "stop",
+            prompt_tokens=0 if spent is None else spent.prompt_tokens,
+            completion_tokens=0 if spent is None else spent.completion_tokens,
         )
-    if error.code == "engine_rejected":
+    if error.code == ErrorCode.ENGINE_REJECTED:
         return Outcome(error=JobRefused(error.message))
-    if error.code == "deadline_exceeded" or job.status.value == "expired":
+    if error.code == ErrorCode.DEADLINE_EXCEEDED or job.status is JobStatus.EXPIRED:
         return Outcome(error=JobTimedOut(f"job {job_id} did not finish in time: {error.message}"))
     return Outcome(error=JobFailedError(f"job {job_id} {job.status.value}: {error.message}"))
 

@@ -234,10 +234,10 @@ def item_error(exc: Exception) -> ItemOutcome:
     """One batch item's refusal, with the body a single request would have got."""
     if isinstance(exc, RequestValidationError | ValidationError):
         summary, detail = validation_detail(exc.errors())
-        error = {"code": ErrorCode.INVALID_REQUEST.value, "message": summary}
-        return ItemOutcome(422, error=error, detail=detail)
+        invalid = {"code": ErrorCode.INVALID_REQUEST.value, "message": summary}
+        return ItemOutcome(422, error=invalid, detail=detail)
     if isinstance(exc, StructqError):
-        error = {"code": exc.code.value, "message": exc.message, **exc.extra}
+        error: dict[str, Any] = {"code": exc.code.value, "message": exc.message, **exc.extra}
         return ItemOutcome(exc.http_status, error=error)
     raise exc
 

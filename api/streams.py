@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -60,10 +61,16 @@ async def relay(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        reading = {keys[i]: last[i] for i in range(len(keys)) if not (done[i] or ended[i])}
+        reading: dict[Any, Any] = {
+            keys[i]: last[i] for i in range(len(keys)) if not (done[i] or ended[i])
+        }
         if reading:
             block_ms = max(1, int(min(poll_s, remaining) * 1000))
-            answer = await streams.xread(reading, count=512, block=block_ms)
+            # [(stream key, [(entry id, {field: value})])], all bytes (replies are not decoded).
+            answer = cast(
+                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+                await streams.xread(reading, count=512, block=block_ms),
+            )
             for key, entries in answer or []:
                 i = index[key]
                 for entry_id, fields in entries:

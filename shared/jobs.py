@@ -25,6 +25,7 @@ from shared.output_types import OutputType, TextSpec
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "Role",
     "STATE_FIELDS",
     "WebhookEvent",
     "is_terminal",
@@ -85,10 +86,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Role = Literal["system", "user", "assistant"]
+
+
 class Message(_Model):
     """One chat turn; the worker renders the list with the model's chat template."""
 
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: str
 
 

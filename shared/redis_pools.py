@@ -41,6 +41,8 @@ __all__ = [
     "SentinelTarget",
     "async_client",
     "celery_broker",
+    "decoded",
+    "decoded_one",
     "parse_sentinel",
     "retrying",
     "sync_client",
@@ -163,6 +165,18 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     if target.sentinel_password:
         options["sentinel_kwargs"] = {"password": target.sentinel_password}
     return broker, options
+
+
+def decoded(reply: Any) -> list[str]:
+    """A list reply's members as text. structq's clients never decode replies themselves
+    (bytes in, bytes out), while redis-py annotates every reply as maybe-str: this is the one
+    place that says what they are."""
+    return [member.decode() for member in reply]
+
+
+def decoded_one(reply: Any) -> str | None:
+    """A single reply (a string, or none) as text; see ``decoded``."""
+    return None if reply is None else bytes(reply).decode()
 
 
 # Errors that mean Redis is unreachable for now (restarting, failing over, loading its data).

@@ -141,7 +141,7 @@ def _fatal(exc: BaseException) -> None:
     _resident.exit_code = 1
     if _resident.runner is not None:
         _resident.runner.drain()
-    state.should_stop = 1
+    state.should_stop = 1  # type: ignore[assignment]  # celery-types says None; Celery takes a code
 
 
 def exit_code() -> int:

@@ -32,6 +32,9 @@ __all__ = ["Doorbell", "DrainOnShutdown"]
 
 log = logging.getLogger(__name__)
 
+# A blueprint's state once it is shutting down (not a restart of its steps).
+_CLOSE: int = bootsteps.CLOSE  # type: ignore[attr-defined]  # not in celery-types' stubs
+
 # Longest a worker waits on its doorbell before looking at the queue anyway (a message that
 # kombu restored after its visibility timeout rings no bell).
 _LISTEN_S = 1
@@ -77,7 +80,7 @@ class DrainOnShutdown(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def stop(self, c: Any) -> None:
-        if c.blueprint.state != bootsteps.CLOSE:
+        if c.blueprint.state != _CLOSE:
             return
         from worker.app import drain_wait_s, runner
 

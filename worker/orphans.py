@@ -18,6 +18,8 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["guard_engine_processes"]
 
@@ -47,7 +49,7 @@ def guard_engine_processes() -> subprocess.Popen[bytes] | None:
 _held: list[int] = []
 
 
-def _alive(targets: list[tuple[int, float]]):
+def _alive(targets: list[tuple[int, float]]) -> Iterator[Any]:  # psutil.Process
     import psutil
 
     for pid, created in targets:

@@ -255,7 +255,8 @@ class JobRunner:
     def _start(self, claim: Change, spec: bytes | None) -> Request | None:
         """A claimed job's engine request (None: it failed before reaching the engine)."""
         job, run = claim.job, claim.new_run
-        assert job is not None and run is not None
+        if job is None or run is None:
+            raise ValueError("not a claim")
         if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
             log.critical("job %s asks for this worker's death (fault injection)", job.id)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -268,7 +269,10 @@ class JobRunner:
         self._active[request_id] = active
         self._by_job[job.id] = active
         try:
-            prompt = job.prompt if job.messages is None else self._engine.render_chat(job.messages)
+            if job.messages is not None:
+                prompt = self._engine.render_chat(job.messages)
+            else:  # a job has a prompt or messages (``JobCreate`` checks it)
+                prompt = job.prompt or ""
             params = sampling_params(job)
         except ValueError as exc:  # vLLM refuses the parameters
             self._early.append(Done(request_id, None, EngineRejected(str(exc))))

@@ -109,7 +109,7 @@ class WebhookSettings(CommonSettings):
     )
     webhook_timeout_s: float = Field(15.0, gt=0, description="Timeout of one delivery request.")
     webhook_schedule_s: list[float] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0],
         min_length=1,
         description="Delay before each attempt of a delivery: the first, then after each failure "
         "(JSON list; default close to Standard Webhooks': now, 5 s, 5 min, 30 min, 2 h, 5 h, "

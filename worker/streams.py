@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -70,7 +71,9 @@ class DeltaPublisher:
             try:
                 with self._redis.pipeline(transaction=False) as pipe:
                     for job_id, run, text in batch:
-                        fields = {"a": run, "d": text} if text is not None else {"a": run, "end": 1}
+                        fields: dict[Any, Any] = (
+                            {"a": run, "d": text} if text is not None else {"a": run, "end": 1}
+                        )
                         pipe.xadd(stream_key(job_id), fields, maxlen=_MAXLEN, approximate=True)
                     for job_id in {job_id for job_id, _, _ in batch}:
                         pipe.expire(stream_key(job_id), STREAM_TTL_S)

@@ -11,9 +11,12 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal, TypeVar, cast
 
 import httpx
+import redis
 
 from shared.celery_message import task_message
 from shared.errors import UnsafeUrl
@@ -34,6 +37,9 @@ __all__ = ["Deliverer"]
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+Outcome = Literal["delivered", "retrying", "gave_up"]
+
 # How long a delivery waits, each time, for the job's previous delivery to be attempted.
 _ORDER_WAIT_S = 0.2
 
@@ -53,7 +59,7 @@ return #due
 class Deliverer:
     """Makes one attempt of a delivery at a time; shared by the task threads."""
 
-    def __init__(self, client, config: WebhookSettings) -> None:
+    def __init__(self, client: redis.Redis, config: WebhookSettings) -> None:
         self._redis = client
         self._settings = config
         self._http = httpx.Client(follow_redirects=False, timeout=config.webhook_timeout_s)
@@ -70,7 +76,7 @@ class Deliverer:
             )
         )
 
-    def _retrying(self, call):  # noqa: ANN001, ANN202 - a Redis call and its result
+    def _retrying(self, call: Callable[[], _T]) -> _T:
         return retrying(call, self._settings.redis_outage_s)
 
     def attempt(self, delivery_id: str) -> str | None:
@@ -79,7 +85,10 @@ class Deliverer:
         is recorded once Redis is back."""
         key = delivery_key(delivery_id)
         raw_spec, attempts, state, after, waits = self._retrying(
-            lambda: self._redis.hmget(key, ["spec", "attempts", "state", "after", "waits"])
+            lambda: cast(
+                list[bytes | None],
+                self._redis.hmget(key, ["spec", "attempts", "state", "after", "waits"]),
+            )
         )
         if raw_spec is None or state in (b"delivered", b"gave_up"):
             return None
@@ -92,6 +101,7 @@ class Deliverer:
             lambda: self._redis.hset(key, mapping={"attempts": number, "state": "sending"})
         )
         started, at = time.perf_counter(), datetime.now(UTC)
+        outcome: Outcome
         status_code, error, retry_after = None, None, None
         try:
             response = self._post(spec, at)
@@ -116,7 +126,7 @@ class Deliverer:
             status_code=status_code,
             error=error,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            outcome=outcome,  # type: ignore[arg-type]  # one of the three, by construction
+            outcome=outcome,
         )
         retry_message, due = None, 0.0
         if outcome == "retrying":
@@ -198,7 +208,7 @@ def _next_message(delivery_id: str) -> str:
     )
 
 
-def _outcome(status_code: int) -> str:
+def _outcome(status_code: int) -> Outcome:
     if 200 <= status_code < 300:
         return "delivered"
     if 400 <= status_code < 500 and status_code not in (408, 429):

@@ -20,21 +20,25 @@ without vLLM (it runs on any CPU node), makes the attempts:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
+import redis
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
+from shared.jobs import utcnow
 from shared.keys import (
     WEBHOOK_QUEUE,
     WEBHOOK_TASK_NAME,
     WEBHOOK_WORKER_PREFIX,
+    WEBHOOK_WORKER_TTL_S,
     WEBHOOKS_TRANSPORT,
 )
+from shared.records import WebhookWorkerAnnouncement
 from shared.redis_pools import celery_broker, sync_client
 from worker.celery_config import reliable_threads_worker
 from worker.settings import WebhookSettings
@@ -46,7 +50,6 @@ log = logging.getLogger(__name__)
 
 settings = WebhookSettings.load()
 
-_READY_TTL_S = 15
 _TICK_S = 0.25
 
 _broker, _transport = celery_broker(settings.redis_url)
@@ -66,24 +69,37 @@ app.conf.update(
 )
 
 
-_state: dict[str, object] = {}
+@dataclass
+class _Resident:
+    """What the webhook worker process holds while it runs."""
+
+    deliverer: Deliverer
+    stop: threading.Event
+    thread: threading.Thread
+
+
+_resident: _Resident | None = None
 
 
 @app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> None:
-    _state["deliverer"].attempt(delivery_id)  # type: ignore[attr-defined]
+    if _resident is None:
+        raise RuntimeError("the webhook worker is not started in this process")
+    _resident.deliverer.attempt(delivery_id)
 
 
-def _scheduler(deliverer: Deliverer, client, stop: threading.Event) -> None:
+def _scheduler(deliverer: Deliverer, client: redis.Redis, stop: threading.Event) -> None:
     """Moves due retries onto the queue, and keeps this worker's ready key alive."""
     ready_key = f"{WEBHOOK_WORKER_PREFIX}{settings.webhook_worker_id}"
-    value = json.dumps({"pid": os.getpid()})
+    value = WebhookWorkerAnnouncement(
+        worker_id=settings.webhook_worker_id, pid=os.getpid(), ready_at=utcnow()
+    ).model_dump_json()
     renewed = 0.0
     while not stop.is_set():
         try:
             deliverer.move_due()
-            if time.monotonic() - renewed > _READY_TTL_S / 3:
-                client.set(ready_key, value, ex=_READY_TTL_S)
+            if time.monotonic() - renewed > WEBHOOK_WORKER_TTL_S / 3:
+                client.set(ready_key, value, ex=WEBHOOK_WORKER_TTL_S)
                 renewed = time.monotonic()
         except Exception as exc:  # Redis away: try again next tick
             log.warning("webhook scheduler: %r", exc)
@@ -102,17 +118,19 @@ def _start(**_: object) -> None:
     )
     thread.daemon = True
     thread.start()
-    _state.update(deliverer=deliverer, stop=stop, thread=thread)
+    global _resident
+    _resident = _Resident(deliverer, stop, thread)
     log.info("webhook worker ready; consuming %s", WEBHOOK_QUEUE)
 
 
 @worker_shutdown.connect
 def _stop(**_: object) -> None:
-    stop = _state.pop("stop", None)
-    if stop is not None:
-        stop.set()  # type: ignore[attr-defined]
-        _state["thread"].join(timeout=2)  # type: ignore[attr-defined]
-        _state["deliverer"].close()  # type: ignore[attr-defined]
+    global _resident
+    resident, _resident = _resident, None
+    if resident is not None:
+        resident.stop.set()
+        resident.thread.join(timeout=2)
+        resident.deliverer.close()
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from api.routes.jobs import page_response
 from shared import lifecycle
 from shared.jobs import JobStatus
 from shared.keys import DEAD_LETTER, queue_lists, status_index
+from shared.redis_pools import decoded
 
 __all__ = ["router"]
 
@@ -53,7 +54,7 @@ async def purge(
         raise invalid_field(("query", "model"), f"unknown model {model!r}")
     models = [model] if model is not None else settings.models
     cancelled = 0
-    snapshot = [m.decode() for m in await store.redis.zrange(status_index("queued"), 0, -1)]
+    snapshot = decoded(await store.redis.zrange(status_index("queued"), 0, -1))
     for start in range(0, len(snapshot), _BATCH):
         for job in await store.get_many(snapshot[start : start + _BATCH]):
             if job is None or job.status is not JobStatus.QUEUED or job.model not in models:

@@ -76,7 +76,7 @@ async def create_job(
     # Watched before it is stored, so that no completion can slip by, with no read in between.
     async with waiters.watch(new.job.id) as finished:
         submitted = await service.store_one(store, gateway.settings, new, caller, idempotency_key)
-        record = submitted.record
+        record: bytes | None = submitted.record
         if wait and submitted.created:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=wait)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -252,7 +252,11 @@ class _JobStream(StreamingResponse):
     response without ever running the generator's own clean-up)."""
 
     def __init__(
-        self, events: AsyncIterator[str], store: AsyncJobStore, ids: list[str], headers: dict
+        self,
+        events: AsyncGenerator[str, None],
+        store: AsyncJobStore,
+        ids: list[str],
+        headers: dict[str, str],
     ) -> None:
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self._events = events
@@ -265,7 +269,7 @@ class _JobStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(Exception):
-                    await self._events.aclose()  # type: ignore[attr-defined]
+                    await self._events.aclose()
                 await _cancel_quietly(self._store, self._ids)
 
 
@@ -282,7 +286,7 @@ async def _sse(
     streams: Any,
     store: AsyncJobStore,
     wait_s: float,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     created = int(time.time())
     outcomes: list[Outcome | None] = [None] * len(ids)
     failed: StructqError | None = None
