@@ -22,15 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.errors import openai_error, validation_detail
-from api.openai_compat import (
-    ChatRequest,
-    CompletionRequest,
-    chat_jobs,
-    chat_response,
-    completion_jobs,
-    completion_response,
-    outcome,
-)
+from api.openai.requests import ChatRequest, CompletionRequest, chat_jobs, completion_jobs
+from api.openai.responses import chat_response, completion_response, outcome
 from api.settings import ApiSettings
 from shared.errors import ErrorCode, StructqError
 from shared.jobs import JobCreate, JobPublic, JobStatus

@@ -1,19 +1,13 @@
-"""OpenAI request → jobs: every structured-output form, sampling fields, refusals (unit)."""
+"""OpenAI request → jobs, jobs → answers: every structured-output form, sampling fields,
+refusals, outcomes (unit)."""
 
 from __future__ import annotations
 
 import pytest
 
-from api.openai_compat import (
-    ChatRequest,
-    CompletionRequest,
-    InvalidRequest,
-    Outcome,
-    chat_jobs,
-    completion_jobs,
-    outcome,
-    usage,
-)
+from api.errors import InvalidRequest
+from api.openai.requests import ChatRequest, CompletionRequest, chat_jobs, completion_jobs
+from api.openai.responses import Outcome, outcome, usage
 from shared.jobs import JobError, JobPublic, JobResult, JobStatus, Usage
 from shared.output_types import (
     ChoiceSpec,

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible facade: requests into jobs, jobs into answers."""
