@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.jobs import Job
-from worker.engine import engine_kwargs
+from worker.engine_args import engine_kwargs
 from worker.model import prepare_default_model
 from worker.settings import WorkerSettings
 from worker.structured import sampling_params

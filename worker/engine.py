@@ -18,17 +18,18 @@ start-up hook (``worker.app``).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import EngineDead, EngineRejected, JobAborted, JobFailure
 from shared.jobs import Message
+from worker.engine_args import engine_kwargs
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
     from worker.settings import WorkerSettings
 
-__all__ = ["Done", "Engine", "Generation", "Request", "engine_kwargs"]
+__all__ = ["AbortReason", "Done", "Engine", "Generation", "Request"]
 
 log = logging.getLogger(__name__)
 
@@ -100,61 +101,20 @@ class Done:
     error: JobFailure | None = None
 
 
+class AbortReason(StrEnum):
+    """Why the worker stops a request before it finishes."""
+
+    CANCELLED = "cancelled"  # its client asked
+    DEADLINE = "deadline"  # its deadline (or STRUCTQ_MAX_RUN_S) passed
+    DRAIN = "drain"  # the worker is shutting down and ran out of time
+
+
 @dataclass(frozen=True, slots=True)
 class _Abort:
     """Stop a running request (``request_id``; None: every one) for ``reason``."""
 
     request_id: str | None
-    reason: str
-
-
-_UNCHUNKED_TOKEN_BUDGET = 4096
-
-
-def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
-    """vLLM's engine arguments from the worker's settings, as keywords of ``EngineArgs`` (and of
-    ``vllm.LLM``, which the benchmark's raw-vLLM baseline builds with the very same ones)."""
-    from vllm.platforms import current_platform
-
-    on_cpu = current_platform.is_cpu()
-    if on_cpu and settings.cpu_reserved_cores is not None:
-        # Read by the EngineCore process vLLM spawns, which inherits this environment.
-        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
-    chunked = not on_cpu if settings.chunked_prefill is None else settings.chunked_prefill
-    scheduling: dict[str, Any] = {}
-    if not chunked:
-        # Whole prompts only: the budget must hold the longest one (4096 is vLLM-CPU's default).
-        scheduling = dict(
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=max(settings.max_model_len, _UNCHUNKED_TOKEN_BUDGET),
-        )
-    return dict(
-        model=str(model_path),
-        served_model_name=[settings.model],
-        max_model_len=settings.max_model_len,
-        dtype=_dtype(settings.dtype, on_cpu),
-        gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if on_cpu else 0.9),
-        enforce_eager=on_cpu if settings.enforce_eager is None else settings.enforce_eager,
-        max_num_seqs=settings.max_num_seqs,
-        structured_outputs_config={
-            "backend": settings.structured_outputs_backend,
-            "disable_any_whitespace": settings.json_compact,
-        },
-        disable_log_stats=True,
-        **scheduling,
-    )
-
-
-def _dtype(setting: str, on_cpu: bool) -> str:
-    if setting != "auto" or not on_cpu:
-        return setting
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return setting
-    # Without these, torch emulates bf16 matmuls: measured here 30 tok/s vs 161 in float32.
-    native_bf16 = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-    return setting if native_bf16 else "float32"
+    reason: AbortReason
 
 
 class Engine:
@@ -237,12 +197,12 @@ class Engine:
             done, self._done = self._done, []
         return done
 
-    def abort(self, request_id: str, reason: str) -> None:
+    def abort(self, request_id: str, reason: AbortReason) -> None:
         """Stop a request between steps; it comes back with ``JobAborted`` carrying what it had
         generated. Its batch-mates go on. A request already finished is left alone."""
         self._inbox.put(_Abort(request_id, reason))
 
-    def abort_all(self, reason: str) -> None:
+    def abort_all(self, reason: AbortReason) -> None:
         """Stop every request submitted so far (a drain that ran out of time)."""
         self._inbox.put(_Abort(None, reason))
 

@@ -38,23 +38,17 @@ from typing import TypeVar
 
 from shared import lifecycle
 from shared.errors import (
-    EngineDead,
     EngineRejected,
     ErrorCode,
     InternalFailure,
-    JobAborted,
-    JobFailure,
-    OutputInvalid,
-    OutputMismatch,
-    OutputTruncated,
     RedisGone,
 )
-from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage
+from shared.jobs import Job, JobError, JobStatus
 from shared.lifecycle import Change
-from shared.output_types import TextSpec
 from shared.redis_pools import retrying
 from shared.store import JobStore, Stored, read_job
-from worker.engine import Done, Engine, Generation, Request
+from worker import outcomes
+from worker.engine import AbortReason, Done, Engine, Request
 from worker.settings import WorkerSettings
 from worker.streams import DeltaPublisher
 from worker.structured import sampling_params
@@ -87,7 +81,7 @@ class _Active:
     request_id: str
     limit: float  # epoch s: its deadline, or STRUCTQ_MAX_RUN_S after it started
     spec: bytes | None = None  # the stored spec, kept for its webhook payloads
-    aborting: str | None = None
+    aborting: AbortReason | None = None
 
 
 class JobRunner:
@@ -141,8 +135,8 @@ class JobRunner:
         """A client cancelled ``job_id``: abort its request if this worker runs it."""
         active = self._by_job.get(job_id)
         if active is not None and active.aborting is None:
-            active.aborting = "cancelled"
-            self._engine.abort(active.request_id, "cancelled")
+            active.aborting = AbortReason.CANCELLED
+            self._engine.abort(active.request_id, AbortReason.CANCELLED)
 
     def drain(self) -> None:
         """Take no new job; those running go on until ``requeue_running``."""
@@ -151,7 +145,7 @@ class JobRunner:
 
     def requeue_running(self) -> None:
         """The drain ran out of time: stop every running request; each job is re-queued."""
-        self._engine.abort_all("drain")
+        self._engine.abort_all(AbortReason.DRAIN)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is taken, running or waiting to be written (or the dispatcher
@@ -296,7 +290,9 @@ class JobRunner:
                 continue
             self._by_job.pop(active.job.id, None)
             try:
-                change = self._outcome(active, item)
+                change = outcomes.finished(
+                    active.job, active.run, item, self._worker_id, self._settings.max_attempts
+                )
             except Exception as exc:  # a bug of ours: the job still ends, with a reason
                 log.exception("job %s failed unexpectedly", active.job.id)
                 error = JobError(
@@ -309,78 +305,24 @@ class JobRunner:
                 change = dataclasses.replace(change, spec=active.spec)
             changes.append(change)
             recorded.append(active)
-        outcomes = self._retrying(lambda: self._store.apply_many(changes))
-        for active, change, outcome in zip(recorded, changes, outcomes, strict=True):
+        written = self._retrying(lambda: self._store.apply_many(changes))
+        for active, change, current in zip(recorded, changes, written, strict=True):
             job = change.job
-            assert job is not None
-            if outcome is not None:
+            if job is None:
+                continue
+            if current is not None:
                 log.info(
-                    "job %s's run %s was not recorded: it is %s now", job.id, active.run, outcome
+                    "job %s's run %s was not recorded: it is %s now", job.id, active.run, current
                 )
             elif job.stream and self._streams is not None and job.status.terminal:
                 self._streams.end(job.id, active.run)  # a re-queued job's next run goes on
-
-    def _outcome(self, active: _Active, done: Done) -> Change:
-        job, run, error = active.job, active.run, done.error
-        generation = done.generation
-        if isinstance(error, JobAborted):
-            return self._aborted(active, error)
-        if isinstance(error, EngineDead):
-            # Not the job's fault: another attempt elsewhere, within max_attempts.
-            return lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, error.message)
-        if error is not None:
-            return lifecycle.finish(job, run, status=JobStatus.FAILED, error=_error(error))
-        assert generation is not None
-        stats = self._stats(generation)
-        try:
-            result = _result(job, generation)
-        except JobFailure as exc:
-            return lifecycle.finish(
-                job, run, status=JobStatus.FAILED, error=_error(exc, generation), engine=stats
-            )
-        return lifecycle.finish(job, run, status=JobStatus.SUCCEEDED, result=result, engine=stats)
-
-    def _aborted(self, active: _Active, exc: JobAborted) -> Change:
-        job, run = active.job, active.run
-        generation = exc.generation if isinstance(exc.generation, Generation) else None
-        stats = None if generation is None else self._stats(generation)
-        if exc.reason == "drain":
-            log.info("job %s re-queued: this worker is draining", job.id)
-            return lifecycle.requeue(job, run, give_back=True)
-        if exc.reason == "cancelled":
-            error = JobError(
-                code=ErrorCode.CANCELLED,
-                message="cancelled by the client while running",
-                text=exc.text,
-            )
-            status = JobStatus.CANCELLED
-        else:
-            limit = "its deadline" if job.deadline is not None else "STRUCTQ_MAX_RUN_S"
-            error = JobError(
-                code=ErrorCode.DEADLINE_EXCEEDED,
-                message=f"still running at {limit}; aborted",
-                text=exc.text,
-            )
-            status = JobStatus.FAILED
-        if generation is not None:
-            error = error.model_copy(update={"usage": _usage(generation)})
-        return lifecycle.finish(job, run, status=status, error=error, engine=stats)
-
-    def _stats(self, generation: Generation) -> EngineStats:
-        return EngineStats(
-            worker=self._worker_id,
-            first_step=generation.first_step,
-            last_step=generation.last_step,
-            max_batch=generation.max_batch,
-            engine_s=round(generation.engine_s, 6),
-        )
 
     def _enforce_deadlines(self) -> None:
         now = time.time()
         for active in list(self._active.values()):
             if active.aborting is None and active.limit <= now:
-                active.aborting = "deadline"
-                self._engine.abort(active.request_id, "deadline")
+                active.aborting = AbortReason.DEADLINE
+                self._engine.abort(active.request_id, AbortReason.DEADLINE)
 
     def _check_ledger(self) -> None:
         """Read this worker's ledger: abort what was cancelled, give back what it lost."""
@@ -406,42 +348,3 @@ class JobRunner:
         """``call()``, retried while Redis is unreachable (up to STRUCTQ_REDIS_OUTAGE_S), with
         deadlines enforced meanwhile (aborting needs no Redis)."""
         return retrying(call, self._settings.redis_outage_s, self._enforce_deadlines)
-
-
-def _error(exc: JobFailure, generation: Generation | None = None) -> JobError:
-    usage = None if generation is None else _usage(generation)
-    return JobError(code=exc.code, message=exc.message, text=exc.text, usage=usage)
-
-
-def _result(job: Job, generation: Generation) -> JobResult:
-    """The result, with the text parsed for the job's output type, or the reason it can't be."""
-    text = generation.text
-    # A constrained output cut by max_tokens is not complete even when the prefix happens to
-    # conform (an int cut after ten digits is still a valid int): the grammar had not ended.
-    cut = generation.finish_reason == "length" and not isinstance(job.output_type, TextSpec)
-    try:
-        value = job.output_type.parse(text)
-    except OutputMismatch as exc:
-        if not cut:
-            raise OutputInvalid(str(exc), text) from None
-        reason = str(exc)
-    else:
-        reason = "the output had not reached the end of its type"
-    if cut:
-        raise OutputTruncated(
-            f"generation reached max_tokens ({job.sampling.max_tokens}) before the output was "
-            f"complete: {reason}",
-            text,
-        )
-    return JobResult(
-        text=text,
-        value=value,
-        finish_reason=generation.finish_reason,
-        usage=_usage(generation),
-    )
-
-
-def _usage(generation: Generation) -> Usage:
-    return Usage(
-        prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
-    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import engine
+from worker import engine_args
 from worker.settings import WorkerSettings
 
 
@@ -22,7 +22,7 @@ from worker.settings import WorkerSettings
 )
 def test_auto_dtype_avoids_emulated_bf16_on_cpu(monkeypatch, setting, on_cpu, flags, expected):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n")
-    assert engine._dtype(setting, on_cpu) == expected
+    assert engine_args._dtype(setting, on_cpu) == expected
 
 
 def test_engine_keywords_follow_the_settings(tmp_path):
@@ -33,7 +33,7 @@ def test_engine_keywords_follow_the_settings(tmp_path):
         structured_outputs_backend="auto",
         gpu_memory_utilization=0.25,
     )
-    kwargs = engine.engine_kwargs(settings, tmp_path)
+    kwargs = engine_args.engine_kwargs(settings, tmp_path)
     assert kwargs["model"] == str(tmp_path)
     assert kwargs["served_model_name"] == [settings.model]
     assert (kwargs["max_model_len"], kwargs["max_num_seqs"]) == (1024, 8)
@@ -65,7 +65,7 @@ def test_unchunked_prefill_on_cpu_with_a_budget_for_the_longest_prompt(
 
     monkeypatch.setattr(current_platform, "is_cpu", lambda: on_cpu)
     settings = WorkerSettings(max_model_len=8192, chunked_prefill=setting)
-    kwargs = engine.engine_kwargs(settings, tmp_path)
+    kwargs = engine_args.engine_kwargs(settings, tmp_path)
     keys = ("enable_chunked_prefill", "max_num_batched_tokens")
     got = {k: kwargs[k] for k in keys if k in kwargs}
     assert got == expected
