@@ -14,7 +14,7 @@ from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic, is_terminal
 
-__all__ = ["wait_all", "wait_any"]
+__all__ = ["wait_all", "wait_any", "wait_one"]
 
 
 async def wait_any(
@@ -85,3 +85,22 @@ async def wait_all(
             finally:
                 for task in waits:
                     task.cancel()
+
+
+async def wait_one(
+    store: AsyncJobStore,
+    waiters: CompletionWaiters,
+    job_id: str,
+    timeout_s: float,
+    scope: str | None = None,
+) -> bytes | None:
+    """The job's record once it is terminal, or as it is after ``timeout_s`` (None: unknown,
+    or not ``scope``'s job)."""
+    async with waiters.watch(job_id) as finished:
+        status = await store.status(job_id, scope)  # the record itself is read once, at the end
+        if status is None:
+            return None
+        if not is_terminal(status):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=timeout_s)
+    return (await store.get_raw(job_id, scope))[1]

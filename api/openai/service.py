@@ -35,7 +35,7 @@ from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic
 from shared.workers import live_workers
 
-__all__ = ["cancel_quietly", "cancel_unfinished", "complete", "resolve_model", "served_models"]
+__all__ = ["complete", "served_models"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def served_models(client: aioredis.Redis) -> dict[str, dict[str, Any]]:
     return models
 
 
-def resolve_model(body: ChatRequest | CompletionRequest, settings: ApiSettings) -> None:
+def _resolve_model(body: ChatRequest | CompletionRequest, settings: ApiSettings) -> None:
     body.model = body.model or settings.model
     if body.model not in settings.models:
         raise ModelNotFound(
@@ -77,7 +77,6 @@ def resolve_model(body: ChatRequest | CompletionRequest, settings: ApiSettings) 
 
 
 async def complete(
-    kind: ChunkKind,
     body: ChatRequest | CompletionRequest,
     request: Request,
     gateway: Gateway,
@@ -86,7 +85,8 @@ async def complete(
     """A chat or completion request: its jobs submitted (all or none), then its answer: the
     response once they finished, their tokens as server-sent events, or the error."""
     settings, store, waiters = gateway.settings, gateway.store, gateway.waiters
-    resolve_model(body, settings)
+    kind: ChunkKind = "chat" if isinstance(body, ChatRequest) else "completion"
+    _resolve_model(body, settings)
     if isinstance(body, ChatRequest):
         jobs = chat_jobs(body, settings.max_tokens_limit, settings.openai_wait_s)
     else:
@@ -108,7 +108,7 @@ async def complete(
             )
             ids.append(submitted.job_id)
     except BaseException:
-        await cancel_quietly(store, ids)  # all of the request's jobs or none
+        await _cancel_quietly(store, ids)  # all of the request's jobs or none
         raise
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + ids[0].replace("-", "")
     headers = {"X-Structq-Job-Ids": ",".join(ids)}
@@ -117,22 +117,22 @@ async def complete(
     if body.stream:
         streams = request.app.state.stream_redis
         events = sse(kind, body, model, rid, ids, streams, store, wait_s)
-        return JobStream(events, lambda: cancel_quietly(store, ids), headers=headers)
+        return JobStream(events, lambda: _cancel_quietly(store, ids), headers=headers)
     try:
         finished = await _wait_unless_gone(request, store, waiters, ids, wait_s)
         if finished is None:  # nobody to answer: stop the work, as vLLM aborts a dropped request
-            await cancel_unfinished(store, ids)
+            await _cancel_unfinished(store, ids)
             return Response(status_code=499)
     except redis.exceptions.RedisError as exc:
         log.warning("job store failed while jobs %s ran: %s", ids, exc)
-        await cancel_quietly(store, ids)
+        await _cancel_quietly(store, ids)
         raise JobsInFlight(
             "the job store failed while the request's jobs ran; they were cancelled where "
             f"possible: {', '.join(ids)}"
         ) from None
     outcomes = [outcome(job, job_id) for job, job_id in zip(finished, ids, strict=True)]
     if any(o.error is not None for o in outcomes):
-        await cancel_quietly(store, ids)  # the request has failed: its other choices stop
+        await _cancel_quietly(store, ids)  # the request has failed: its other choices stop
         error = next(o.error for o in outcomes if o.error is not None)
         return openai_error_response(error, headers)
     build = chat_response if kind == "chat" else completion_response
@@ -172,18 +172,18 @@ async def _wait_unless_gone(
                 await task
 
 
-async def cancel_unfinished(store: AsyncJobStore, job_ids: list[str]) -> None:
+async def _cancel_unfinished(store: AsyncJobStore, job_ids: list[str]) -> None:
     """Cancel whichever of the jobs has not finished."""
     for job in await store.get_many(job_ids):
         if job is not None and not job.status.terminal:
             await service.cancel(store, job, "the OpenAI-compatible request ended first")
 
 
-async def cancel_quietly(store: AsyncJobStore, job_ids: list[str]) -> None:
-    """``cancel_unfinished``, shielded from the request's cancellation; a Redis failure is only
+async def _cancel_quietly(store: AsyncJobStore, job_ids: list[str]) -> None:
+    """``_cancel_unfinished``, shielded from the request's cancellation; a Redis failure is only
     logged (the jobs then end at their own deadline, STRUCTQ_OPENAI_WAIT_S)."""
     with anyio.CancelScope(shield=True):
         try:
-            await cancel_unfinished(store, job_ids)
+            await _cancel_unfinished(store, job_ids)
         except redis.exceptions.RedisError as exc:
             log.warning("could not cancel jobs %s: %s", job_ids, exc)

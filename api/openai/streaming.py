@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import redis.asyncio as aioredis
 from fastapi.responses import StreamingResponse
 
 from api.errors import openai_error
@@ -65,7 +66,7 @@ async def sse(
     model: str,
     rid: str,
     ids: list[str],
-    streams: Any,
+    streams: aioredis.Redis,
     store: AsyncJobStore,
     wait_s: float,
 ) -> AsyncGenerator[str, None]:

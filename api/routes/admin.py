@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from api.auth import require_admin
 from api.deps import SettingsDep, StoreDep
 from api.errors import invalid_field
-from api.routes.jobs import page_response
+from api.paging import page_response
 from shared import lifecycle
 from shared.jobs import JobStatus
 from shared.keys import DEAD_LETTER, queue_lists, status_index

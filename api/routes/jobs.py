@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -13,19 +11,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api import admission, service
+from api import admission, paging, service, waiting
 from api.auth import CallerDep, authenticate
 from api.deps import GatewayDep, SettingsDep, StoreDep, WaitersDep
-from api.errors import invalid_field
 from api.streams import Delta, relay
-from api.waiters import CompletionWaiters
 from shared import lifecycle
-from shared.async_store import AsyncJobStore
 from shared.errors import Conflict, JobNotFound
-from shared.jobs import JobCreate, JobPublic, JobStatus, is_terminal, utcnow
+from shared.jobs import JobCreate, JobPublic, JobStatus, utcnow
 from shared.keys import ALL_INDEX, client_index, status_index
 
-__all__ = ["MAX_WAIT_S", "page_response", "router", "wait_for_terminal"]
+__all__ = ["MAX_WAIT_S", "router"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authenticate)])
 
@@ -81,7 +76,7 @@ async def create_job(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=wait)
     if wait and not submitted.created:  # an earlier job of this Idempotency-Key
-        record = await wait_for_terminal(store, waiters, submitted.job_id, wait, caller.scope)
+        record = await waiting.wait_one(store, waiters, submitted.job_id, wait, caller.scope)
     elif wait and finished.is_set():
         record = (await store.get_raw(submitted.job_id, caller.scope))[1]
     if record is None:
@@ -128,48 +123,7 @@ async def list_jobs(
         index = ALL_INDEX if status is None else status_index(status.value)
     else:  # an ordinary key lists its own jobs only
         index = client_index(caller.scope, None if status is None else status.value)
-    return await page_response(store, index, limit, cursor)
-
-
-async def page_response(
-    store: AsyncJobStore, index: str, limit: int, cursor: str | None
-) -> Response:
-    """One page of the jobs in ``index``, as the listing endpoints answer."""
-    before = None if cursor is None else _decode_cursor(cursor)
-    records: list[bytes] = []
-    last: tuple[int, str] | None = None
-    # Entries whose record expired are dropped from the index as they are met.
-    while len(records) < limit:
-        page = await store.page(index, limit - len(records), before)
-        if not page:
-            last = None
-            break
-        raws = await store.get_many_raw([job_id for job_id, _ in page])
-        gone = [job_id for (job_id, _), raw in zip(page, raws, strict=True) if raw is None]
-        await store.forget(index, gone)
-        records.extend(raw for raw in raws if raw is not None)
-        last = before = (page[-1][1], page[-1][0])
-    next_cursor = None if last is None or len(records) < limit else _encode_cursor(last)
-    body = (
-        b'{"data":['
-        + b",".join(records)
-        + b'],"next_cursor":'
-        + json.dumps(next_cursor).encode()
-        + b"}"
-    )
-    return Response(content=body, media_type=_JSON)
-
-
-def _encode_cursor(position: tuple[int, str]) -> str:
-    return base64.urlsafe_b64encode(f"{position[0]}:{position[1]}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        score, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return int(score), job_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid_field(("query", "cursor"), "not a cursor this API returned") from None
+    return await paging.page_response(store, index, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
@@ -192,27 +146,8 @@ async def get_job(
     if wait <= 0:
         return _job_response(job_id, (await store.get_raw(job_id, caller.scope))[1])
     return _job_response(
-        job_id, await wait_for_terminal(store, gateway.waiters, job_id, wait, caller.scope)
+        job_id, await waiting.wait_one(store, gateway.waiters, job_id, wait, caller.scope)
     )
-
-
-async def wait_for_terminal(
-    store: AsyncJobStore,
-    waiters: CompletionWaiters,
-    job_id: str,
-    timeout_s: float,
-    scope: str | None = None,
-) -> bytes | None:
-    """The job's record once it is terminal, or as it is after ``timeout_s`` (None: unknown,
-    or not ``scope``'s job)."""
-    async with waiters.watch(job_id) as finished:
-        status = await store.status(job_id, scope)  # the record itself is read once, at the end
-        if status is None:
-            return None
-        if not is_terminal(status):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=timeout_s)
-    return (await store.get_raw(job_id, scope))[1]
 
 
 @router.get(
@@ -274,7 +209,7 @@ async def cancel_job(
         raise JobNotFound(f"no job {job_id!r}")
     status = await service.cancel(store, job, "cancelled by the client")
     if status == JobStatus.RUNNING:
-        raw = await wait_for_terminal(store, waiters, job_id, settings.cancel_wait_s)
+        raw = await waiting.wait_one(store, waiters, job_id, settings.cancel_wait_s)
         job = None if raw is None else JobPublic.model_validate_json(raw)
         status = "" if job is None else job.status.value
         if status == JobStatus.RUNNING:

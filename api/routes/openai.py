@@ -42,7 +42,7 @@ async def chat_completions(
     body: ChatRequest, request: Request, gateway: GatewayDep, caller: CallerDep
 ) -> Response:
     """OpenAI's chat completions, with vLLM's extra sampling and structured-output fields."""
-    return await service.complete("chat", body, request, gateway, caller)
+    return await service.complete(body, request, gateway, caller)
 
 
 @router.post("/completions", response_model=None)
@@ -50,4 +50,4 @@ async def completions(
     body: CompletionRequest, request: Request, gateway: GatewayDep, caller: CallerDep
 ) -> Response:
     """OpenAI's (legacy) completions: a prompt or a list of prompts."""
-    return await service.complete("completion", body, request, gateway, caller)
+    return await service.complete(body, request, gateway, caller)
