@@ -12,7 +12,8 @@ last engine step, the largest batch it was part of) is counted from the engine-c
 every step, whatever the output mode.
 
 Only this module imports vllm's engine; it is built once per worker process, in the worker's
-start-up hook (``worker.app``).
+start-up hook (``worker.app``). What it takes and hands back is in ``worker.engine_types``; its
+arguments come from ``worker.engine_args``.
 """
 
 from __future__ import annotations
@@ -20,93 +21,27 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import EngineDead, EngineRejected, JobAborted, JobFailure
+from shared.errors import EngineDead, EngineRejected, JobAborted
 from shared.jobs import Message
 from worker.engine_args import engine_kwargs
+from worker.engine_types import AbortReason, Done, Request
 
 if TYPE_CHECKING:
-    from vllm import SamplingParams
     from vllm.v1.engine.llm_engine import LLMEngine
 
     from worker.settings import WorkerSettings
 
-__all__ = ["AbortReason", "Done", "Engine", "Generation", "Request"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
 # How long the idle engine thread waits for work before re-checking whether to stop.
 _IDLE_POLL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """A finished (or aborted) request: its text and how the engine ran it."""
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    first_step: int
-    last_step: int
-    max_batch: int
-    engine_s: float = 0.0  # from submit() to the last token: the engine's share of the job
-
-
-@dataclass(slots=True)
-class Request:
-    """One request for the engine. ``on_delta`` (streaming only) is called on the engine thread
-    with each step's new text, so it must not block."""
-
-    request_id: str
-    prompt: str
-    params: SamplingParams
-    on_delta: Callable[[str], None] | None = None
-    # Kept by the engine thread:
-    internal_id: str = ""
-    submitted: float = field(default_factory=time.perf_counter)
-    text: str = ""
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    first_step: int = 0
-    last_step: int = 0
-    max_batch: int = 0
-
-    def generation(self, finish_reason: str | None) -> Generation:
-        return Generation(
-            text=self.text,
-            finish_reason=finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            first_step=self.first_step,
-            last_step=self.last_step,
-            max_batch=self.max_batch,
-            engine_s=time.perf_counter() - self.submitted,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """A request the engine is finished with: its generation, or why it has none (or only a
-    partial one: ``JobAborted`` carries what was generated)."""
-
-    request_id: str
-    generation: Generation | None
-    error: JobFailure | None = None
-
-
-class AbortReason(StrEnum):
-    """Why the worker stops a request before it finishes."""
-
-    CANCELLED = "cancelled"  # its client asked
-    DEADLINE = "deadline"  # its deadline (or STRUCTQ_MAX_RUN_S) passed
-    DRAIN = "drain"  # the worker is shutting down and ran out of time
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +260,8 @@ class Engine:
         """Count every engine step, and the requests that advanced in it, from the engine-core
         outputs each ``step()`` processes (final-output-only requests produce no
         ``RequestOutput`` until they finish)."""
-        processor = llm.output_processor
+        # Any, deliberately: vLLM types ``process_outputs`` as a method, which may not be assigned.
+        processor: Any = llm.output_processor
         process = processor.process_outputs
 
         def counted(engine_core_outputs: list[Any], *args: Any, **kwargs: Any) -> Any:
@@ -342,7 +278,7 @@ class Engine:
                             req.max_batch = batch
             return process(engine_core_outputs, *args, **kwargs)
 
-        processor.process_outputs = counted  # type: ignore[method-assign]  # see docstring
+        processor.process_outputs = counted
 
     def _fail_all(self, error: EngineDead) -> None:
         pending: list[Request] = list(self._running.values())

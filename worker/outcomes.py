@@ -1,7 +1,7 @@
 """How a job's run ended, as the status change that records it: a result parsed for the job's
 output type, a failure with its code, an abort (cancelled, past its deadline, or given back on
-a drain), or a dead engine's run sent back to the queue. Pure functions of the engine's
-outcome; the runner (``worker.runner``) writes what they return.
+a drain), a dead engine's or a lost run sent back to the queue, or a bug of ours failing it.
+Pure functions of the engine's outcome; the runner (``worker.runner``) writes what they return.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from shared.errors import (
 from shared.jobs import EngineStats, Job, JobError, JobResult, JobStatus, Usage
 from shared.lifecycle import Change
 from shared.output_types import TextSpec
-from worker.engine import AbortReason, Done, Generation
+from worker.engine_types import AbortReason, Done, Generation
 
-__all__ = ["finished"]
+__all__ = ["crashed", "finished", "lost"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,19 @@ def finished(job: Job, run: str, done: Done, worker_id: str, max_attempts: int) 
             job, run, status=JobStatus.FAILED, error=_error(exc, generation), engine=stats
         )
     return lifecycle.finish(job, run, status=JobStatus.SUCCEEDED, result=result, engine=stats)
+
+
+def crashed(job: Job, run: str, exc: Exception) -> Change:
+    """The status change that fails ``run`` of ``job`` when recording its end raised ``exc`` (a
+    bug of ours): the job still ends, with a reason."""
+    error = JobError(code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
+    return lifecycle.finish(job, run, status=JobStatus.FAILED, error=error)
+
+
+def lost(job: Job, run: str, worker_id: str, max_attempts: int) -> Change:
+    """The status change for ``run`` of ``job``, claimed by ``worker_id`` in Redis but not
+    running there (the worker lost track of it): another attempt, within ``max_attempts``."""
+    return lifecycle.fail_or_requeue(job, run, max_attempts, f"worker {worker_id} lost track of it")
 
 
 def _aborted(job: Job, run: str, exc: JobAborted, worker_id: str) -> Change:

@@ -5,13 +5,15 @@ A job's way through this process, and what each step costs it:
 1. **take** (the dispatcher thread, here; see ``worker.intake``): one script call takes every
    job message there is room for, with each one's job record. No Celery task per job, no
    thread per job.
-2. **claim** (the dispatcher thread): one script call claims them all (``queued → running``,
-   guarded by the message tag, so a stale duplicate claims nothing, and acknowledging each
-   message in the same write); each becomes an engine request, handed over in one batch.
+2. **claim** (the dispatcher thread; the changes and requests from ``worker.claims``): one
+   script call claims them all (``queued → running``, guarded by the message tag, so a stale
+   duplicate claims nothing, and acknowledging each message in the same write); each becomes
+   an engine request, handed over in one batch.
 3. **generate** (the engine thread, ``worker.engine``): vLLM's continuous batch.
-4. **record** (the dispatcher thread): every job the engine finished since the last round has
-   its output checked and parsed, and all of them are written in one script call (status,
-   result, indexes, webhook event, completion notice, this worker's ledger).
+4. **record** (the dispatcher thread; the changes from ``worker.outcomes``): every job the
+   engine finished since the last round has its output checked and parsed, and all of them
+   are written in one script call (status, result, indexes, webhook event, completion notice,
+   this worker's ledger).
 
 So a round of many jobs costs two script calls to start them and one to record them, and each
 job's record is parsed once and its small state serialized twice.
@@ -36,22 +38,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared import lifecycle
-from shared.errors import (
-    EngineRejected,
-    ErrorCode,
-    InternalFailure,
-    RedisGone,
-)
-from shared.jobs import Job, JobError, JobStatus
+from shared.errors import RedisGone
+from shared.jobs import Job, JobStatus
 from shared.lifecycle import Change
 from shared.redis_pools import retrying
 from shared.store import JobStore, Stored, read_job
-from worker import outcomes
-from worker.engine import AbortReason, Done, Engine, Request
+from worker import claims, outcomes
+from worker.engine import Engine
+from worker.engine_types import AbortReason, Done, Request
 from worker.settings import WorkerSettings
 from worker.streams import DeltaPublisher
-from worker.structured import sampling_params
 
 __all__ = ["FAULT_KEY", "JobRunner"]
 
@@ -66,7 +62,6 @@ _DEADLINE_CHECK_S = 0.1
 # How often the worker reads its ledger in Redis: cancels it missed (the pub/sub message is lost
 # across a reconnect), and jobs Redis says it runs that it does not.
 _LEDGER_CHECK_S = 5.0
-
 
 # Longest the dispatcher goes without looking at the queue while it has room.
 _TAKE_EVERY_S = 1.0
@@ -210,41 +205,18 @@ class JobRunner:
             self._idle.set()
 
     def _claim(self, taken: list[tuple[str, Stored]]) -> None:
-        changes = [self._claim_change(tag, row) for tag, row in taken]
-        outcomes = self._retrying(lambda: self._store.apply_many(changes))
+        changes = [claims.claim(tag, row, self._worker_id) for tag, row in taken]
+        written = self._retrying(lambda: self._store.apply_many(changes))
         requests = []
-        for (tag, row), change, outcome in zip(taken, changes, outcomes, strict=True):
-            if change.new_run is None or outcome is not None:
+        for (tag, row), change, current in zip(taken, changes, written, strict=True):
+            if change.new_run is None or current is not None:
                 if change.new_run is not None:
-                    log.info("job of message %s changed before it could start (%s)", tag, outcome)
+                    log.info("job of message %s changed before it could start (%s)", tag, current)
                 continue
             request = self._start(change, row.spec)
             if request is not None:
                 requests.append(request)
         self._engine.submit(requests)
-
-    def _claim_change(self, tag: str, row: Stored) -> Change:
-        """The claim of a taken message's job, or what to do instead."""
-        if row.status != b"queued" or row.msg != tag.encode():
-            # Finished, cancelled, running elsewhere, or this is a stale copy of its message.
-            log.debug("message %s is stale (job %s)", tag, row.status)
-            return lifecycle.release(tag)
-        job, problem = read_job(row)
-        if job is None:
-            log.error("the job of message %s cannot be read at all, left as is: %s", tag, problem)
-            return lifecycle.release(tag)
-        if problem is not None:
-            log.error("job %s cannot be read as stored: %s", job.id, problem)
-            message = (
-                "this worker cannot read the job as stored (a gateway newer than the "
-                f"worker?): {problem}"
-            )
-            return lifecycle.refuse(job, ErrorCode.UNREADABLE_JOB, message, release_tag=tag)
-        deadline = job.deadline_ts()
-        if deadline is not None and deadline <= time.time():
-            return lifecycle.expire(job, release_tag=tag)
-        claim = lifecycle.claim(job, self._worker_id, tag)
-        return claim if job.webhook is None else dataclasses.replace(claim, spec=row.spec)
 
     def _start(self, claim: Change, spec: bytes | None) -> Request | None:
         """A claimed job's engine request (None: it failed before reaching the engine)."""
@@ -254,32 +226,19 @@ class JobRunner:
         if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
             log.critical("job %s asks for this worker's death (fault injection)", job.id)
             os.kill(os.getpid(), signal.SIGKILL)
-        limit = time.time() + self._settings.max_run_s
-        deadline = job.deadline_ts()
-        if deadline is not None:
-            limit = min(limit, deadline)
+        limit = claims.run_limit(job, self._settings.max_run_s)
         request_id = f"{job.id}.{run}"
         active = _Active(job, run, request_id, limit, spec if job.webhook is not None else None)
         self._active[request_id] = active
         self._by_job[job.id] = active
-        try:
-            if job.messages is not None:
-                prompt = self._engine.render_chat(job.messages)
-            else:  # a job has a prompt or messages (``JobCreate`` checks it)
-                prompt = job.prompt or ""
-            params = sampling_params(job)
-        except ValueError as exc:  # vLLM refuses the parameters
-            self._early.append(Done(request_id, None, EngineRejected(str(exc))))
-            return None
-        except Exception as exc:  # e.g. the chat template refuses the chat
-            log.exception("job %s could not be prepared", job.id)
-            error = InternalFailure(f"{type(exc).__name__}: {exc}")
-            self._early.append(Done(request_id, None, error))
-            return None
         on_delta = None
         if job.stream and self._streams is not None:
             on_delta = functools.partial(self._streams.delta, job.id, run)
-        return Request(request_id, prompt, params, on_delta)
+        request = claims.engine_request(job, request_id, self._engine.render_chat, on_delta)
+        if isinstance(request, Done):
+            self._early.append(request)
+            return None
+        return request
 
     def _record(self, done: list[Done]) -> None:
         changes: list[Change] = []
@@ -295,12 +254,7 @@ class JobRunner:
                 )
             except Exception as exc:  # a bug of ours: the job still ends, with a reason
                 log.exception("job %s failed unexpectedly", active.job.id)
-                error = JobError(
-                    code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"
-                )
-                change = lifecycle.finish(
-                    active.job, active.run, status=JobStatus.FAILED, error=error
-                )
+                change = outcomes.crashed(active.job, active.run, exc)
             if active.spec is not None:
                 change = dataclasses.replace(change, spec=active.spec)
             changes.append(change)
@@ -338,10 +292,8 @@ class JobRunner:
             job = read_job(row)[0]
             if job is not None and job.status is JobStatus.RUNNING:
                 log.warning("job %s is claimed by this worker but not running here", job_id)
-                reason = f"worker {self._worker_id} lost track of it"
-                changes.append(
-                    lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, reason)
-                )
+                max_attempts = self._settings.max_attempts
+                changes.append(outcomes.lost(job, run, self._worker_id, max_attempts))
         self._retrying(lambda: self._store.apply_many(changes))
 
     def _retrying(self, call: Callable[[], _T]) -> _T:

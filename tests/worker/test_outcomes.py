@@ -8,7 +8,7 @@ from scripts.seed_jobs import CHARACTER_SCHEMA
 from shared.errors import OutputInvalid, OutputTruncated
 from shared.jobs import Job
 from shared.output_types import IntSpec, JsonSchemaSpec, TextSpec
-from worker.engine import Generation
+from worker.engine_types import Generation
 from worker.outcomes import _result
 
 
