@@ -14,7 +14,9 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
+from redis.commands.core import AsyncScript
 
 from api.errors import Forbidden, RateLimited, Unauthorized
 from api.settings import ApiKey, ApiSettings
@@ -130,5 +132,6 @@ async def require_admin(caller: CallerDep) -> Caller:
     return caller
 
 
-def rate_script(client):  # noqa: ANN001, ANN201 - redis.asyncio client and its Script
+def rate_script(client: aioredis.Redis) -> AsyncScript:
+    """The rate limit's script, registered with ``client`` (kept in ``app.state.rate_script``)."""
     return client.register_script(_GCRA)

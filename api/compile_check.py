@@ -37,10 +37,16 @@ _LOCAL_CACHE = 4096
 _READY_TIMEOUT_S = 120.0  # loading the vocabularies, in a fresh process
 CRASHED = "\0crashed"
 CRASHED_VERDICT = "it could not be checked"
-# How long this process trusts a verdict that may change: a timeout (the machine may be less
-# busy later) and a crash. Definite verdicts (compiles, does not compile) are kept.
-_TAG = 12
-_LOCAL_TTL_S = {"it did not c"[:_TAG]: 3600.0, CRASHED_VERDICT[:_TAG]: 600.0}
+_TIMED_OUT_VERDICT = "it did not compile within"
+# How long this process trusts a verdict that may change, by how it starts: a timeout (the
+# machine may be less busy later) and a crash. Definite verdicts (compiles, does not compile)
+# are kept.
+_TRUSTED_S = {_TIMED_OUT_VERDICT: 3600.0, CRASHED_VERDICT: 600.0}
+
+
+def _trusted_s(verdict: str) -> float | None:
+    """How long this process keeps ``verdict`` (None: for good)."""
+    return next((s for start, s in _TRUSTED_S.items() if verdict.startswith(start)), None)
 
 
 # Specs known to compile, checked once here rather than per gateway: `{"type": "object"}` is
@@ -193,7 +199,7 @@ class CompileChecker:
                     del self._inflight[digest]
             verdict = await asyncio.shield(running)
         if digest not in self._verdicts or self._verdicts[digest][0] != verdict:
-            ttl = _LOCAL_TTL_S.get(verdict[:_TAG]) if verdict else None
+            ttl = _trusted_s(verdict)
             self._verdicts[digest] = (verdict, None if ttl is None else time.monotonic() + ttl)
         self._verdicts.move_to_end(digest)
         while len(self._verdicts) > _LOCAL_CACHE:
@@ -213,7 +219,7 @@ class CompileChecker:
         finally:
             self._idle.put_nowait(proc)
         if not in_time:
-            verdict = f"it did not compile within {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
+            verdict = f"{_TIMED_OUT_VERDICT} {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
             redis_ttl: int | None = COMPILE_TIMEOUT_VERDICT_TTL_S
         elif problem == CRASHED:
             # Perhaps this spec, perhaps the machine (memory): not shared, not kept long.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from api.admission import Admission
@@ -16,7 +17,15 @@ from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore
 
-__all__ = ["AdmissionDep", "Gateway", "GatewayDep", "SettingsDep", "StoreDep", "WaitersDep"]
+__all__ = [
+    "AdmissionDep",
+    "Gateway",
+    "GatewayDep",
+    "SettingsDep",
+    "StoreDep",
+    "StreamsDep",
+    "WaitersDep",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +59,14 @@ async def _waiters(request: Request) -> CompletionWaiters:
     return request.app.state.waiters
 
 
+async def _streams(request: Request) -> aioredis.Redis:
+    """The Redis pool of the streaming relays (their XREADs block: kept apart)."""
+    return request.app.state.stream_redis
+
+
 AdmissionDep = Annotated[Admission, Depends(_admission)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(_store)]
 WaitersDep = Annotated[CompletionWaiters, Depends(_waiters)]
+StreamsDep = Annotated[aioredis.Redis, Depends(_streams)]
 GatewayDep = Annotated[Gateway, Depends(_gateway)]

@@ -37,9 +37,9 @@ from shared.keys import (
     ALL_INDEX,
     DEADLINES,
     JANITOR_LOCK,
-    JOB_PREFIX,
     WORKERS_INDEX,
     client_index,
+    job_key,
     model_queued_index,
     queue_lists,
     status_index,
@@ -155,10 +155,9 @@ class Janitor:
         count = 0
         for worker in [w for w in self._missing_since if self._gone(w)]:
             ledger = worker_jobs_key(worker)
-            claimed = {
-                k.decode(): v.decode()
-                for k, v in cast(dict[bytes, bytes], await self._redis.hgetall(ledger)).items()
-            }
+            # redis-py annotates the reply as maybe-str; this client never decodes: bytes.
+            entries = cast(dict[bytes, bytes], await self._redis.hgetall(ledger))
+            claimed = {k.decode(): v.decode() for k, v in entries.items()}
             jobs = await self._store.get_many(list(claimed))
             changes = []
             for (job_id, run), job in zip(claimed.items(), jobs, strict=True):
@@ -237,6 +236,6 @@ class Janitor:
         waiting += [client_index(owner, JobStatus.QUEUED.value) for owner in owners]
         for index in waiting:
             old = await self._redis.zrangebyscore(index, "-inf", horizon_ms, start=0, num=_BATCH)
-            gone = [m for m in decoded(old) if not await self._redis.exists(JOB_PREFIX + m)]
+            gone = [m for m in decoded(old) if not await self._redis.exists(job_key(m))]
             if gone:
                 await self._redis.zrem(index, *gone)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import openai_error
+from shared.errors import ErrorCode
 
 __all__ = ["BodyLimit"]
 
@@ -16,12 +20,12 @@ class BodyLimit:
     ``streamed`` pass through untouched: their routes read the body as a stream and enforce
     their own, larger limit (file uploads)."""
 
-    def __init__(self, app: Any, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.streamed = streamed
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or scope["method"] not in _METHODS_WITH_BODY
@@ -49,7 +53,7 @@ class BodyLimit:
         body = b"".join(chunks)
         sent = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal sent
             if not sent:
                 sent = True
@@ -58,17 +62,13 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: dict, send: Any) -> None:
+    async def _too_large(self, scope: Scope, send: Send) -> None:
         message = f"request body larger than {self.max_bytes} bytes (STRUCTQ_MAX_BODY_BYTES)"
+        error: dict[str, object]
         if scope["path"].startswith(("/v1/chat/completions", "/v1/completions")):
-            error = {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "payload_too_large",
-            }
+            error = openai_error(413, message, ErrorCode.PAYLOAD_TOO_LARGE)
         else:
-            error = {"code": "payload_too_large", "message": message}
+            error = {"code": ErrorCode.PAYLOAD_TOO_LARGE, "message": message}
         body = json.dumps({"error": error}).encode()
         await send(
             {

@@ -1,4 +1,4 @@
-"""What the gateway does with jobs, whatever the route: submit one or many, cancel one.
+"""What the gateway does with jobs, whatever the route: submit one or many, cancel or retry one.
 (Checks before storing: ``api.admission``; waiting for jobs: ``api.waiting``.)
 
 ``/v1/jobs`` and the OpenAI-compatible routes both go through here, so a job submitted either
@@ -17,27 +17,33 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.admission import Admission, refusal
+from api.admission import Admission, check_caps, refusal
 from api.auth import Caller
 from api.errors import invalid_field, validation_detail
 from api.settings import ApiSettings
 from shared import lifecycle
 from shared.async_store import AsyncJobStore
-from shared.errors import Conflict, ErrorCode, StructqError, UnsafeUrl
+from shared.errors import Conflict, ErrorCode, JobNotFound, StructqError, UnsafeUrl
 from shared.jobs import Job, JobCreate, JobStatus, utcnow
 from shared.script_calls import Created, NewJob
 from shared.webhooks import resolve_checked
 
 __all__ = [
+    "IDEMPOTENCY_KEY_MAX",
     "ItemOutcome",
     "Submitted",
     "cancel",
     "item_error",
     "prepare",
+    "retry",
     "submit",
     "submit_many",
     "store_one",
 ]
+
+
+# Longest Idempotency-Key taken (the header of ``POST /v1/jobs``, a batch item's field).
+IDEMPOTENCY_KEY_MAX = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +145,13 @@ async def store_one(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Store a prepared job (see ``prepare``) with its message, all or nothing."""
-    created = (await store.create_many([new], _caps(settings, caller), _idem_ttl(settings)))[0]
+    caps, ttl = _caps(settings, caller), settings.idempotency_ttl_s
+    created = (await store.create_many([new], caps, ttl))[0]
     return await _outcome(store, new, created, caller, idempotency_key)
 
 
 def _caps(settings: ApiSettings, caller: Caller) -> tuple[int, int]:
     return (settings.max_queued_per_key if caller.owner else 0, settings.max_queue_depth)
-
-
-def _idem_ttl(settings: ApiSettings) -> int:
-    return settings.idempotency_ttl_s
 
 
 async def _outcome(
@@ -213,7 +216,7 @@ async def submit_many(
             prepared.append((index, await prepare(settings, body, caller, key, admission), key))
         except (StructqError, RequestValidationError) as exc:
             outcomes[index] = item_error(exc)
-    caps, ttl = _caps(settings, caller), _idem_ttl(settings)
+    caps, ttl = _caps(settings, caller), settings.idempotency_ttl_s
     for start in range(0, len(prepared), _CHUNK):
         chunk = prepared[start : start + _CHUNK]
         created = await store.create_many([new for _, new, _ in chunk], caps, ttl)
@@ -255,3 +258,26 @@ async def cancel(store: AsyncJobStore, job: Job, reason: str) -> str:
     if status == JobStatus.RUNNING:
         return await store.request_cancel(job.id) or ""
     return status
+
+
+async def retry(store: AsyncJobStore, settings: ApiSettings, caller: Caller, job: Job) -> None:
+    """Queue a failed, cancelled or expired ``job`` again (same id), checked against
+    ``caller``'s caps as a new job would be; a 409 for any other job, or one whose absolute
+    deadline has passed."""
+    if not job.status.retryable:
+        raise Conflict(
+            f"job {job.id} is {job.status.value}; only failed, cancelled or expired jobs can "
+            "be retried",
+            status=job.status.value,
+        )
+    if job.timeout_s is None and job.deadline is not None and job.deadline <= utcnow():
+        raise Conflict(
+            f"job {job.id}'s deadline ({job.deadline}) has passed; submit it again with a new one",
+            status=job.status.value,
+        )
+    await check_caps(store, settings, caller, job.model)
+    current = await store.apply(lifecycle.retry(job))
+    if current is not None:
+        if not current:
+            raise JobNotFound(f"no job {job.id!r}")
+        raise Conflict(f"job {job.id} changed meanwhile: now {current}", status=current)

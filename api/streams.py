@@ -8,6 +8,7 @@ finished before anyone read its stream) still reaches the client whole.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic
 from shared.keys import stream_key
 
-__all__ = ["Delta", "Finished", "relay"]
+__all__ = ["Delta", "Finished", "job_events", "relay"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +107,34 @@ async def relay(
     raws = await store.get_many_raw([job_ids[i] for i in pending])
     for i, raw in zip(pending, raws, strict=True):
         yield Finished(i, None if raw is None else JobPublic.model_validate_json(raw), relayed[i])
+
+
+async def job_events(
+    streams: aioredis.Redis,
+    store: AsyncJobStore,
+    job_id: str,
+    timeout_s: float,
+    keepalive_s: float,
+) -> AsyncIterator[str]:
+    """One job's relay as server-sent events (``GET /v1/jobs/{id}/stream``): ``delta`` events
+    (``{"text": ...}``), then ``done`` with its record, or ``timeout`` if it is unfinished after
+    ``timeout_s``; a comment after ``keepalive_s`` without any."""
+    async for event in relay(streams, store, [job_id], timeout_s, keepalive_s=keepalive_s):
+        if event is None:
+            yield ": keep-alive\n\n"
+            continue
+        if isinstance(event, Delta):
+            yield _delta(event.text)
+            continue
+        job = event.job
+        if job is None or not job.status.terminal:
+            yield "event: timeout\ndata: {}\n\n"
+            return
+        text = job.result.text if job.result else (job.error.text if job.error else None)
+        if text and text.startswith(event.relayed) and len(text) > len(event.relayed):
+            yield _delta(text[len(event.relayed) :])
+        yield f"event: done\ndata: {job.model_dump_json()}\n\n"
+
+
+def _delta(text: str) -> str:
+    return f"event: delta\ndata: {json.dumps({'text': text})}\n\n"

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from api.auth import require_admin
 from api.deps import SettingsDep, StoreDep
 from api.errors import invalid_field
-from api.paging import page_response
+from api.paging import Cursor, Limit, page_response
 from shared import lifecycle
 from shared.jobs import JobStatus
 from shared.keys import DEAD_LETTER, queue_lists, status_index
@@ -29,8 +29,8 @@ _BATCH = 500
 @router.get("/dead-letters")
 async def dead_letters(
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Response:
     """Jobs that failed ``max_attempts_exceeded`` (their worker died or their engine failed
     under them on every attempt), newest first; ``POST /v1/jobs/{id}/retry`` re-queues one."""

@@ -14,17 +14,16 @@ from api import service, waiting
 from api.auth import CallerDep, authenticate
 from api.deps import AdmissionDep, SettingsDep, StoreDep, WaitersDep
 from api.errors import invalid_field
+from api.service import IDEMPOTENCY_KEY_MAX
+from api.waiting import MAX_WAIT_S
 from shared.jobs import JobCreate
 
-__all__ = ["MAX_BATCH_JOBS", "MAX_WAIT_S", "router"]
+__all__ = ["MAX_BATCH_JOBS", "router"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authenticate)])
 
 # Most job bodies (or ids) one request may carry.
 MAX_BATCH_JOBS = 1000
-# Longest a wait may ask for.
-MAX_WAIT_S = 60
-_IDEMPOTENCY_KEY_MAX = 255
 
 
 class JobBatch(BaseModel):
@@ -61,9 +60,9 @@ async def create_jobs(
     for body in batch.jobs:
         key = body.pop("idempotency_key", None)
         try:
-            if key is not None and (not isinstance(key, str) or len(key) > _IDEMPOTENCY_KEY_MAX):
+            if key is not None and (not isinstance(key, str) or len(key) > IDEMPOTENCY_KEY_MAX):
                 raise invalid_field(
-                    ("body", "idempotency_key"), f"a string of at most {_IDEMPOTENCY_KEY_MAX} chars"
+                    ("body", "idempotency_key"), f"a string of at most {IDEMPOTENCY_KEY_MAX} chars"
                 )
             items.append((JobCreate.model_validate(body), key))
         except ValidationError as exc:

@@ -1,33 +1,32 @@
-"""``/v1/jobs``: submit, read, list, cancel, retry and delete jobs."""
+"""``/v1/jobs``: submit, read, list, cancel, retry and delete jobs.
+
+Each route parses its request, calls ``api.service`` (submitting, cancelling, retrying),
+``api.waiting`` (long-polls), ``api.paging`` (listing) or ``api.streams`` (streaming), and
+answers with the job records as stored.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api import admission, paging, service, waiting
+from api import service, waiting
 from api.auth import CallerDep, authenticate
-from api.deps import GatewayDep, SettingsDep, StoreDep, WaitersDep
-from api.streams import Delta, relay
-from shared import lifecycle
+from api.deps import GatewayDep, SettingsDep, StoreDep, StreamsDep, WaitersDep
+from api.paging import Cursor, Limit, page_response
+from api.streams import job_events
+from api.waiting import MAX_WAIT_S
 from shared.errors import Conflict, JobNotFound
-from shared.jobs import JobCreate, JobPublic, JobStatus, utcnow
+from shared.jobs import JobCreate, JobPublic, JobStatus
 from shared.keys import ALL_INDEX, client_index, status_index
 
-__all__ = ["MAX_WAIT_S", "router"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authenticate)])
 
 _JSON = "application/json"
-# Longest long-poll a client may ask for (`GET /v1/jobs/{id}?wait=`).
-MAX_WAIT_S = 60
-_IDEMPOTENCY_KEY_MAX = 255
 
 
 @router.post(
@@ -47,7 +46,7 @@ async def create_job(
     idempotency_key: Annotated[
         str | None,
         Header(
-            max_length=_IDEMPOTENCY_KEY_MAX,
+            max_length=service.IDEMPOTENCY_KEY_MAX,
             description="Same key and same body: the same job, however often it is sent "
             "(kept for STRUCTQ_IDEMPOTENCY_TTL_S). Same key, another body: 422.",
         ),
@@ -68,17 +67,16 @@ async def create_job(
         gateway.settings, body, caller, idempotency_key, admission=gateway.admission
     )
     store, waiters = gateway.store, gateway.waiters
-    # Watched before it is stored, so that no completion can slip by, with no read in between.
+    # Watched from before it is stored, so that its completion cannot slip by unread.
     async with waiters.watch(new.job.id) as finished:
         submitted = await service.store_one(store, gateway.settings, new, caller, idempotency_key)
         record: bytes | None = submitted.record
         if wait and submitted.created:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=wait)
+            record = await waiting.wait_stored(
+                store, finished, submitted.job_id, wait, caller.scope
+            )
     if wait and not submitted.created:  # an earlier job of this Idempotency-Key
         record = await waiting.wait_one(store, waiters, submitted.job_id, wait, caller.scope)
-    elif wait and finished.is_set():
-        record = (await store.get_raw(submitted.job_id, caller.scope))[1]
     if record is None:
         raise JobNotFound(f"no job {submitted.job_id!r}")
     response = _created(submitted.job_id, record, 202 if submitted.created else 200)
@@ -113,8 +111,8 @@ async def list_jobs(
     store: StoreDep,
     caller: CallerDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Response:
     """Jobs, newest first (by creation; with `status`, by when they entered it), a page at a
     time: ``{"data": [...], "next_cursor": ...}``; `next_cursor` is null on the last page.
@@ -123,7 +121,7 @@ async def list_jobs(
         index = ALL_INDEX if status is None else status_index(status.value)
     else:  # an ordinary key lists its own jobs only
         index = client_index(caller.scope, None if status is None else status.value)
-    return await paging.page_response(store, index, limit, cursor)
+    return await page_response(store, index, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
@@ -158,7 +156,7 @@ async def get_job(
     },
 )
 async def stream_job(
-    job_id: str, request: Request, store: StoreDep, caller: CallerDep
+    job_id: str, store: StoreDep, streams: StreamsDep, caller: CallerDep
 ) -> StreamingResponse:
     """The job's output as server-sent events: ``event: delta`` with ``{"text": ...}`` as it is
     generated (for a job submitted with ``"stream": true``; any other job's text comes in one
@@ -167,26 +165,8 @@ async def stream_job(
     sent again first)."""
     _, raw = await store.get_raw(job_id, caller.scope)
     _job_response(job_id, raw)  # 404 when unknown, or another key's
-
-    async def events() -> AsyncIterator[str]:
-        streams = request.app.state.stream_redis
-        async for event in relay(streams, store, [job_id], MAX_WAIT_S, keepalive_s=15):
-            if event is None:
-                yield ": keep-alive\n\n"
-                continue
-            if isinstance(event, Delta):
-                yield f"event: delta\ndata: {json.dumps({'text': event.text})}\n\n"
-                continue
-            job = event.job
-            if job is None or not job.status.terminal:
-                yield "event: timeout\ndata: {}\n\n"
-                return
-            text = job.result.text if job.result else (job.error.text if job.error else None)
-            if text and text.startswith(event.relayed) and len(text) > len(event.relayed):
-                yield f"event: delta\ndata: {json.dumps({'text': text[len(event.relayed) :]})}\n\n"
-            yield f"event: done\ndata: {job.model_dump_json()}\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    events = job_events(streams, store, job_id, MAX_WAIT_S, keepalive_s=15)
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 @router.post(
@@ -238,23 +218,7 @@ async def retry_job(
     job = await store.get(job_id, caller.scope)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
-    if not job.status.retryable:
-        raise Conflict(
-            f"job {job_id} is {job.status.value}; only failed, cancelled or expired jobs can "
-            "be retried",
-            status=job.status.value,
-        )
-    if job.timeout_s is None and job.deadline is not None and job.deadline <= utcnow():
-        raise Conflict(
-            f"job {job_id}'s deadline ({job.deadline}) has passed; submit it again with a new one",
-            status=job.status.value,
-        )
-    await admission.check_caps(store, settings, caller, job.model)  # as a new job would be
-    current = await store.apply(lifecycle.retry(job))
-    if current is not None:
-        if not current:
-            raise JobNotFound(f"no job {job_id!r}")
-        raise Conflict(f"job {job_id} changed meanwhile: now {current}", status=current)
+    await service.retry(store, settings, caller, job)
     return _job_response(job_id, (await store.get_raw(job_id))[1], 202)
 
 

@@ -1,10 +1,9 @@
-"""The gateway against a real Redis (no worker): submitting, reading, and refusing bad jobs."""
+"""The gateway against a real Redis (no worker): submitting, reading, listing and refusing jobs."""
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -176,47 +175,6 @@ def test_bad_deadline_or_priority_is_422(client, redis_client, extra, expected):
     assert _nothing_enqueued(redis_client)
 
 
-def test_long_poll_wakes_when_the_job_finishes(client, redis_client):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from shared import lifecycle
-    from shared.jobs import JobStatus
-    from shared.store import JobStore
-
-    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
-    store = JobStore(redis_client, ttl_s=100)
-
-    def finish_later() -> float:
-        time.sleep(0.5)
-        claim = lifecycle.claim(store.get(job_id), "w", tag=job_id)
-        assert store.apply(claim)
-        assert store.apply(lifecycle.finish(claim.job, claim.new_run, status=JobStatus.FAILED))
-        return time.monotonic()
-
-    with ThreadPoolExecutor(1) as pool:
-        finished = pool.submit(finish_later)
-        response = client.get(f"/v1/jobs/{job_id}", params={"wait": 20})
-        answered = time.monotonic()
-    assert response.json()["status"] == "failed"
-    assert answered - finished.result() < 0.1
-
-
-def test_long_poll_times_out_with_the_job_as_it_is(client):
-    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
-    started = time.monotonic()
-    response = client.get(f"/v1/jobs/{job_id}", params={"wait": 0.3})
-    assert response.json()["status"] == "queued"
-    assert time.monotonic() - started >= 0.3
-
-
-@pytest.mark.parametrize("wait", [-1, 61, "soon"])
-def test_long_poll_wait_is_bounded(client, wait):
-    job_id = client.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
-    response = client.get(f"/v1/jobs/{job_id}", params={"wait": wait})
-    assert response.status_code == 422
-    assert "wait" in response.json()["error"]["message"]
-
-
 def test_a_burst_larger_than_the_redis_pool_waits_instead_of_failing(redis_client, redis_url):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -229,3 +187,25 @@ def test_a_burst_larger_than_the_redis_pool_waits_instead_of_failing(redis_clien
         )
     assert codes == [202] * 120
     assert redis_client.llen(QUEUE) == 120
+
+
+def test_listing_pages_newest_first_with_a_cursor(client):
+    ids = [client.post("/v1/jobs", json={"prompt": f"{i}"}).json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} if cursor is None else {"limit": 2, "cursor": cursor}
+        page = client.get("/v1/jobs", params=params).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    queued = client.get("/v1/jobs", params={"status": "queued", "limit": 200}).json()
+    assert [job["id"] for job in queued["data"]] == ids[::-1]
+    assert queued["next_cursor"] is None
+
+
+def test_a_cursor_this_api_never_made_is_422(client):
+    response = client.get("/v1/jobs", params={"cursor": "not-a-cursor!"})
+    assert response.status_code == 422
+    assert "cursor" in response.json()["error"]["message"]
