@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from shared import lifecycle
+from shared.jobs import DEFAULT_PRIORITY
 from shared.keys import bell_key, job_key, queue_list
 from shared.redis_pools import sync_client
 from shared.settings import DEFAULT_MODEL
@@ -149,7 +150,7 @@ def test_a_queued_job_whose_message_is_lost_is_sent_again_once(stack, api):
     with _paused_worker(stack):
         job_id = submit(api, _body(0))
         # Its task message vanishes (as when a worker dies right after taking it).
-        assert client.delete(queue_list(DEFAULT_MODEL, 0)) == 1
+        assert client.delete(queue_list(DEFAULT_MODEL, DEFAULT_PRIORITY)) == 1
         client.delete(bell_key(DEFAULT_MODEL))
     started = time.monotonic()
     job = _finished(api, [job_id], timeout_s=120)[job_id]
@@ -167,7 +168,7 @@ def test_a_claim_its_live_worker_does_not_know_is_given_back_once(stack, api):
     [worker] = [w for w in live_workers_sync(client) if w.pid == stack.worker.proc.pid]
     with _paused_worker(stack):
         job_id = submit(api, _body(0))
-        client.delete(queue_list(DEFAULT_MODEL, 0))
+        client.delete(queue_list(DEFAULT_MODEL, DEFAULT_PRIORITY))
         client.delete(bell_key(DEFAULT_MODEL))
         # Redis says this worker runs the job; the worker never heard of it.
         assert store.apply(lifecycle.claim(store.get(job_id), worker.worker_id, job_id))
