@@ -37,10 +37,11 @@ from api.batch_output import BatchOutput
 from api.batches import Batches
 from api.files import Files
 from api.settings import ApiSettings
+from shared import lifecycle
 from shared.async_store import AsyncJobStore
 from shared.batches import Batch, BatchStatus
 from shared.errors import BatchNotFound, ErrorCode, StructqError
-from shared.jobs import is_terminal
+from shared.jobs import JobStatus, is_terminal
 from shared.keys import (
     BATCH_CUSTOM_IDS_PREFIX,
     BATCH_INFLIGHT_PREFIX,
@@ -165,12 +166,12 @@ class BatchDriver:
             return
         in_flight = await self._follow(batch)
         expired = time.time() >= batch.expires_at
-        if batch.status is BatchStatus.CANCELLING or expired:
+        cancelled = batch.status is BatchStatus.CANCELLING
+        if cancelled or expired:
             if not run.stopping_sent:
-                await self._cancel_in_flight(batch)
+                await self._stop_in_flight(batch, expired=not cancelled)
                 run.stopping_sent = True
             if in_flight == 0:
-                cancelled = batch.status is BatchStatus.CANCELLING
                 final = BatchStatus.CANCELLED if cancelled else BatchStatus.EXPIRED
                 await self._to_finalizing(batch, final)
             return
@@ -338,7 +339,9 @@ class BatchDriver:
             entries[str(number)] = json.dumps({"c": custom_id, "j": ids, "n": n})
         return entries
 
-    async def _cancel_in_flight(self, batch: Batch) -> None:
+    async def _stop_in_flight(self, batch: Batch, expired: bool) -> None:
+        """Stop the batch's unfinished jobs: a queued one of an expired batch ends ``expired``
+        (its deadline is the batch's window), any other is cancelled."""
         members = cast(list[bytes], await self._redis.smembers(BATCH_INFLIGHT_PREFIX + batch.id))
         numbers = [m.decode() for m in members]
         if not numbers:
@@ -348,8 +351,13 @@ class BatchDriver:
         )
         ids = [i for e in entries for i in json.loads(e or b"{}").get("j", [])]
         for job in await self._store.get_many(ids):
-            if job is not None and not job.status.terminal:
-                await service.cancel(self._store, job, f"batch {batch.id} stopped")
+            if job is None or job.status.terminal:
+                continue
+            if expired and job.status is JobStatus.QUEUED:
+                if await self._store.apply(lifecycle.expire(job)) is None:
+                    continue  # else it changed meanwhile (started): cancelled below
+                job = await self._store.get(job.id) or job
+            await service.cancel(self._store, job, f"batch {batch.id} stopped")
 
     async def _to_finalizing(self, batch: Batch, final: BatchStatus) -> None:
         await self._redis.hset(BATCH_PREFIX + batch.id, "final", final.value)
