@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.jobs import WebhookSpec
+from shared.jobs import BatchWebhookEvent, WebhookAttempt, WebhookSpec
 
 __all__ = [
     "BATCH_ENDPOINTS",
@@ -65,6 +65,17 @@ class BatchStatus(StrEnum):
             BatchStatus.CANCELLED,
         )
 
+    @property
+    def webhook_event(self) -> BatchWebhookEvent | None:
+        """The event a batch's webhook gets on reaching this status (None: not an end)."""
+        events: dict[BatchStatus, BatchWebhookEvent] = {
+            BatchStatus.COMPLETED: "batch.completed",
+            BatchStatus.FAILED: "batch.failed",
+            BatchStatus.EXPIRED: "batch.expired",
+            BatchStatus.CANCELLED: "batch.cancelled",
+        }
+        return events.get(self)
+
 
 class FileObject(BaseModel):
     """An uploaded (or produced) file, as ``GET /v1/files/{id}`` returns it."""
@@ -95,7 +106,18 @@ class BatchCreate(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     # Lines run at the lowest priority unless the batch asks for another (0-3, 3 first).
     priority: int = Field(default=0, ge=0, le=3)
+    # Sent once, when the batch ends: `batch.completed`, `.failed`, `.expired` or `.cancelled`.
     webhook: WebhookSpec | None = None
+
+    @field_validator("webhook")
+    @classmethod
+    def _batch_events(cls, value: WebhookSpec | None) -> WebhookSpec | None:
+        if value is not None and value.events != ["completed"]:
+            raise ValueError(
+                "a batch's webhook has one event, its end (batch.completed, batch.failed, "
+                'batch.expired or batch.cancelled): leave out `events`, or give ["completed"]'
+            )
+        return value
 
     @field_validator("endpoint")
     @classmethod
@@ -143,5 +165,7 @@ class Batch(BaseModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
     priority: int = 0
+    # structq's: the attempts to deliver the batch's webhook, if it has one.
+    webhook_deliveries: list[WebhookAttempt] = Field(default_factory=list)
     webhook: WebhookSpec | None = Field(default=None, exclude=True)
     owner: str | None = Field(default=None, exclude=True)

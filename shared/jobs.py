@@ -28,6 +28,7 @@ __all__ = [
     "Role",
     "STATE_FIELDS",
     "WebhookEvent",
+    "BatchWebhookEvent",
     "is_terminal",
     "EngineStats",
     "Job",
@@ -113,6 +114,8 @@ class Sampling(_Model):
 
 
 WebhookEvent = Literal["started", "completed"]
+# A batch's one event, sent when it ends (``batch.<its final status>``).
+BatchWebhookEvent = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
 
 
 # A job's priority unless it asks for another: 1, normal; 0 is background (batch lines).
@@ -139,9 +142,9 @@ class WebhookSpec(_Model):
 
 
 class WebhookAttempt(_Model):
-    """One attempt to deliver one of the job's events."""
+    """One attempt to deliver one of the job's events (or the batch's)."""
 
-    event: WebhookEvent
+    event: WebhookEvent | BatchWebhookEvent
     webhook_id: str
     attempt: int
     at: datetime

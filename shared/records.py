@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.jobs import WebhookEvent
+from shared.jobs import BatchWebhookEvent, WebhookEvent
 
 __all__ = ["WebhookDelivery", "WebhookWorkerAnnouncement", "WorkerAnnouncement"]
 
@@ -33,12 +33,13 @@ class WorkerAnnouncement(_Record):
 
 
 class WebhookDelivery(_Record):
-    """One event of one job to deliver (``shared.keys.delivery_key``'s ``spec`` field): stored by
-    the status change that makes it due, read by the webhook worker for every attempt."""
+    """One event of one job (or batch) to deliver (``shared.keys.delivery_key``'s ``spec``
+    field): stored by the status change that makes it due, read by the webhook worker for every
+    attempt."""
 
     id: str  # the webhook-id, the same on every attempt
-    job_id: str
-    event: WebhookEvent
+    job_id: str  # the job's id, or the batch's: its attempts are listed under it (hooks_key)
+    event: WebhookEvent | BatchWebhookEvent
     url: str
     payload: str  # the exact body to send (and sign)
 

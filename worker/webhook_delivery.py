@@ -149,7 +149,7 @@ class Deliverer:
 
         self._retrying(write)
         log.info(
-            "webhook %s (%s of job %s) attempt %d: %s %s",
+            "webhook %s (%s of %s) attempt %d: %s %s",
             delivery_id,
             spec.event,
             spec.job_id,

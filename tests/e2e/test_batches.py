@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import time
 from typing import Any
 
@@ -15,10 +16,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from standardwebhooks import Webhook
 
 from api.auth import hash_key
 from shared.settings import DEFAULT_MODEL
-from tests.e2e.conftest import NO_WORKERS, submit, wait_for
+from tests.e2e.conftest import NO_WORKERS, WEBHOOK_SECRET, restart_worker, submit, wait_for
+from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +33,20 @@ PERSON = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with Receiver() as receiver:
+        yield receiver
+
+
+def _batch_event(receiver: Receiver, path: str) -> dict[str, Any]:
+    """The one signed event the batch's webhook got at ``path``."""
+    [received] = receiver.wait(path, 1, timeout_s=30)
+    time.sleep(1.0)
+    assert receiver.to(path) == [received]  # once
+    return Webhook(WEBHOOK_SECRET).verify(received.body, received.headers)
 
 
 @pytest.fixture
@@ -157,7 +174,7 @@ def test_a_native_batch_with_a_schema_and_bad_lines(client, stack):
     assert by_id["big"]["error"]["message"] in single.json()["error"]["message"]
 
 
-def test_cancel_mid_batch_keeps_what_finished(client, api):
+def test_cancel_mid_batch_keeps_what_finished(client, api, receiver):
     lines = [_chat_line(f"run{i}", f"Count to {i}.") for i in range(2)]
     stuck = {  # a model no worker serves: these stay queued until cancelled
         **_chat_line("stuck", "x"),
@@ -168,7 +185,10 @@ def test_cancel_mid_batch_keeps_what_finished(client, api):
         file=("c.jsonl", io.BytesIO(_jsonl(lines + more))), purpose="batch"
     )
     batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_body={"webhook": {"url": receiver.url("/cancelled")}},
     )
     deadline = time.monotonic() + 120
     while client.batches.retrieve(batch.id).request_counts.completed < 2:
@@ -185,20 +205,29 @@ def test_cancel_mid_batch_keeps_what_finished(client, api):
     # The stuck lines' jobs were cancelled, not left queued.
     job_ids = [line["response"]["request_id"] for line in errors]
     assert all(j["status"] == "cancelled" for j in wait_for(api, job_ids).values())
+    event = _batch_event(receiver, "/cancelled")
+    assert event["type"] == "batch.cancelled"
+    assert event["data"]["id"] == batch.id and event["data"]["status"] == "cancelled"
+    assert event["data"]["output_file_id"] == done.output_file_id
 
 
-def test_a_batch_past_its_window_expires_with_what_finished(client):
+def test_a_batch_past_its_window_expires_with_what_finished(client, receiver):
     stuck = _chat_line("late", "x")
     stuck["body"] = {**stuck["body"], "model": NO_WORKERS}
     uploaded = client.files.create(file=("e.jsonl", io.BytesIO(_jsonl([stuck]))), purpose="batch")
     batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="10s"
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="10s",
+        extra_body={"webhook": {"url": receiver.url("/expired")}},
     )
     done = _finished(client, batch.id, timeout_s=60)
     assert done.status == "expired" and done.expired_at
     [error] = _lines(client, done.error_file_id)
     # Its job carried the batch's window as its deadline, and expired with it.
     assert error["custom_id"] == "late" and error["error"]["code"] == "expired"
+    event = _batch_event(receiver, "/expired")
+    assert event["type"] == "batch.expired" and event["data"]["error_file_id"] == done.error_file_id
 
 
 def test_an_interactive_job_overtakes_a_running_batch(client, api):
@@ -222,6 +251,67 @@ def test_an_interactive_job_overtakes_a_running_batch(client, api):
     # before it, besides those already running.
     assert progress.completed <= total - 256, progress
     assert _finished(client, batch.id).request_counts.completed == total
+
+
+def test_the_batch_webhook_is_signed_sent_once_and_shown(client, api, receiver):
+    lines = [_chat_line(f"w{i}", "Hi") for i in range(2)]
+    uploaded = client.files.create(file=("w.jsonl", io.BytesIO(_jsonl(lines))), purpose="batch")
+    create = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions"}
+    # Checked when the batch is created, as a job's webhook is: where it points, which events.
+    for webhook, problem in (
+        ({"url": "http://169.254.169.254/latest"}, "webhook"),
+        ({"url": receiver.url("/w"), "events": ["started"]}, "one event"),
+    ):
+        refused = api.post("/v1/batches", json={**create, "webhook": webhook})
+        assert refused.status_code == 422 and problem in refused.text, refused.text
+    batch = client.batches.create(
+        **create, completion_window="24h", extra_body={"webhook": {"url": receiver.url("/w")}}
+    )
+    done = _finished(client, batch.id)
+    assert done.status == "completed"
+    event = _batch_event(receiver, "/w")
+    assert event["type"] == "batch.completed"
+    data = event["data"]
+    assert data["id"] == batch.id and data["status"] == "completed"
+    assert data["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert data["output_file_id"] == done.output_file_id and "webhook" not in data
+    deliveries = api.get(f"/v1/batches/{batch.id}").json()["webhook_deliveries"]
+    assert [(d["event"], d["outcome"], d["status_code"]) for d in deliveries] == [
+        ("batch.completed", "delivered", 200)
+    ]
+
+
+def test_a_worker_sigkilled_mid_batch_still_answers_every_line_once(client, stack):
+    # Lengths spread over 4..63 tokens: some lines finish early, the rest are running.
+    body = {"prompt": "Hi", "sampling": {"ignore_eos": True}}
+    lengths = {f"k{i}": 4 + i % 60 for i in range(120)}
+    lines = [
+        _job_line(cid, {**body, "sampling": {**body["sampling"], "max_tokens": n}})
+        for cid, n in lengths.items()
+    ]
+    uploaded = client.files.create(file=("k.jsonl", io.BytesIO(_jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/jobs", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while client.batches.retrieve(batch.id).request_counts.completed < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert stack.stop_worker(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = client.batches.retrieve(batch.id).request_counts
+    assert killed_at.completed < len(lines), "the batch finished before the kill"
+    restart_worker(stack)
+    done = _finished(client, batch.id, timeout_s=300)
+    assert done.status == "completed", done
+    assert done.request_counts.completed == len(lines) and done.error_file_id is None
+    outputs = _lines(client, done.output_file_id)
+    _answered_once(outputs, [], list(lengths))
+    for line in outputs:  # each line's own tokens, once: no second run's tokens added
+        usage = line["response"]["body"]["result"]["usage"]
+        assert usage["completion_tokens"] == lengths[line["custom_id"]], line
+    # The lines running when the worker died ran again (their second attempt), once.
+    attempts = [line["response"]["body"]["attempts"] for line in outputs]
+    assert max(attempts) == 2 and min(attempts) == 1, attempts
 
 
 @pytest.fixture(scope="module")
