@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.admission import Admission
@@ -19,7 +20,7 @@ from api.batch_driver import BatchDriver
 from api.batches import Batches
 from api.deps import Gateway
 from api.errors import install_error_handlers
-from api.file_store import RedisFileStore
+from api.file_store import FileStore, RedisFileStore, S3FileStore
 from api.files import Files
 from api.janitor import Janitor
 from api.limits import BodyLimit
@@ -32,6 +33,15 @@ from shared.redis_pools import async_client
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def _file_store(settings: ApiSettings, client: aioredis.Redis) -> FileStore:
+    if settings.file_store == "s3":
+        assert settings.s3_bucket is not None  # ApiSettings requires it with s3
+        return S3FileStore.connect(
+            settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region
+        )
+    return RedisFileStore(client)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -57,7 +67,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         janitor = Janitor(app.state.store, settings)
         janitor.start()
-        app.state.files = Files(client, RedisFileStore(client), settings)
+        app.state.files = Files(client, _file_store(settings, client), settings)
         app.state.batches = Batches(client, app.state.files, settings)
         driver = BatchDriver(
             client,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -93,6 +93,28 @@ class ApiSettings(CommonSettings):
     file_retention_s: int = Field(
         7 * 86_400, gt=0, description="How long files and batches are kept."
     )
+    file_store: Literal["redis", "s3"] = Field(
+        "redis",
+        description="Where file content is kept: `redis` (lists of 1 MiB chunks, the retention "
+        "as TTL) or `s3` (one object per file in STRUCTQ_S3_BUCKET; needs structq[s3]).",
+    )
+    s3_bucket: str | None = Field(
+        None, description="The bucket files are kept in (required with STRUCTQ_FILE_STORE=s3)."
+    )
+    s3_prefix: str = Field(
+        "structq/files/",
+        description="Key prefix of the files' objects (`<prefix><file id>`); the bucket's "
+        "lifecycle rule must expire objects under it.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="URL of an S3-compatible service (MinIO, R2, ...; requests then use "
+        "path-style addressing). Unset: AWS S3.",
+    )
+    s3_region: str | None = Field(
+        None,
+        description="The bucket's region. Unset: boto3's own (AWS_DEFAULT_REGION, ~/.aws/config).",
+    )
     batch_max_in_flight: int = Field(
         1024,
         ge=1,
@@ -180,6 +202,12 @@ class ApiSettings(CommonSettings):
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("STRUCTQ_API_KEYS: key names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_has_a_bucket(self) -> Self:
+        if self.file_store == "s3" and not self.s3_bucket:
+            raise ValueError("STRUCTQ_FILE_STORE=s3 needs STRUCTQ_S3_BUCKET (the bucket's name)")
         return self
 
     def tokenizer_path(self, model: str) -> Path | None:
