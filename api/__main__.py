@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import uvicorn
 
 from api.settings import ApiSettings
@@ -9,6 +12,9 @@ from api.settings import ApiSettings
 
 def main() -> None:
     settings = ApiSettings.load()
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each process keeps its metrics in this (fresh) folder, and a scrape adds them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="structq-metrics-")
     uvicorn.run(
         "api.main:create_app",
         factory=True,

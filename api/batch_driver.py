@@ -30,7 +30,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from fastapi.exceptions import RequestValidationError
 
-from api import batch_lines, service
+from api import batch_lines, metrics, service
 from api.admission import Admission
 from api.auth import Caller
 from api.batch_output import BatchOutput
@@ -329,6 +329,7 @@ class BatchDriver:
         if not flat:
             return {}
         created = await self._store.create_many(flat, (0, 0), self._settings.idempotency_ttl_s)
+        metrics.submitted(flat, created)
         entries: dict[Any, str] = {}
         position = 0
         for custom_id, number, jobs, n in new:

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from api.compile_worker import serve
 from api.errors import CompileBusy
+from api.metrics import compile_checked
 from shared.keys import COMPILE_TIMEOUT_VERDICT_TTL_S, COMPILE_VERDICT_PREFIX, COMPILE_VERDICT_TTL_S
 from shared.output_types import GrammarSpec, JsonSchemaSpec, OutputType, RegexSpec
 from shared.redis_pools import decoded_one
@@ -212,19 +213,24 @@ class CompileChecker:
             proc = await asyncio.wait_for(self._idle.get(), timeout=4 * self._timeout_s + 10)
         except TimeoutError:
             raise CompileBusy("the gateway's compile checks are all busy; retry shortly") from None
+        started = time.perf_counter()
         try:
             in_time, problem = await asyncio.to_thread(
                 proc.run, folder, kind, payload, self._timeout_s
             )
         finally:
             self._idle.put_nowait(proc)
+        seconds = time.perf_counter() - started
         if not in_time:
+            compile_checked("timeout", seconds)
             verdict = f"{_TIMED_OUT_VERDICT} {self._timeout_s:g} s (STRUCTQ_COMPILE_TIMEOUT_S)"
             redis_ttl: int | None = COMPILE_TIMEOUT_VERDICT_TTL_S
         elif problem == CRASHED:
+            compile_checked("crashed", seconds)
             # Perhaps this spec, perhaps the machine (memory): not shared, not kept long.
             return f"{CRASHED_VERDICT}: the compiler stopped on it"
         else:
+            compile_checked("compiles" if problem is None else "does_not_compile", seconds)
             verdict = "" if problem is None else f"it does not compile: {problem}"
             redis_ttl = COMPILE_VERDICT_TTL_S
         if self._redis is not None and redis_ttl is not None:

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.metrics import refused
 from shared.errors import ErrorCode, ServiceUnavailable, StructqError
 
 __all__ = [
@@ -207,6 +208,7 @@ def validation_detail(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]
 
 async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     summary, detail = validation_detail(exc.errors())
+    refused(422, ErrorCode.INVALID_REQUEST)
     if _openai_route(request):
         param = ".".join(str(p) for p in detail[0]["loc"] if p != "body") if detail else None
         return _openai_response(
@@ -218,6 +220,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _structq(request: Request, exc: StructqError) -> JSONResponse:
+    refused(exc.http_status, exc.code)
     if _openai_route(request):
         return openai_error_response(exc)
     headers = {"Retry-After": "1"} if exc.retryable else {}
@@ -236,6 +239,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug of ours: the client learns only that, never a trace, a path or another's data.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     message = "internal error; the gateway's log has the details"
+    refused(500, ErrorCode.INTERNAL_ERROR)
     if _openai_route(request):
         return _openai_response(500, message, ErrorCode.INTERNAL_ERROR, None, retryable=False)
     return JSONResponse(status_code=500, content=_body(ErrorCode.INTERNAL_ERROR, message))

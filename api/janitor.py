@@ -29,6 +29,7 @@ import os
 import time
 from typing import cast
 
+from api.metrics import janitor_did
 from api.settings import ApiSettings
 from shared import lifecycle
 from shared.async_store import AsyncJobStore
@@ -149,7 +150,9 @@ class Janitor:
                 await self._redis.zrem(DEADLINES, job_id)
                 continue
             changes.append(lifecycle.expire(job))
-        return sum(outcome is None for outcome in await self._store.apply_many(changes))
+        expired = sum(outcome is None for outcome in await self._store.apply_many(changes))
+        janitor_did("expired", expired)
+        return expired
 
     async def _recover_orphans(self) -> int:
         count = 0
@@ -172,6 +175,8 @@ class Janitor:
                 assert change.job is not None
                 if outcome is None:
                     count += 1
+                    queued = change.job.status is JobStatus.QUEUED
+                    janitor_did("requeued" if queued else "dead_lettered")
                     log.warning(
                         "job %s: worker %s stopped while running it (no heartbeat); %s",
                         change.job.id,
@@ -213,6 +218,7 @@ class Janitor:
                 resent += 1
                 self._lost.pop(change.job.id, None)
                 log.warning("job %s: its task message was lost; queued a fresh one", change.job.id)
+        janitor_did("reenqueued", resent)
         return resent
 
     async def _trim_indexes(self) -> None:

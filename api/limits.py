@@ -7,6 +7,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import openai_error
+from api.metrics import refused
 from shared.errors import ErrorCode
 
 __all__ = ["BodyLimit"]
@@ -64,6 +65,7 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
         message = f"request body larger than {self.max_bytes} bytes (STRUCTQ_MAX_BODY_BYTES)"
+        refused(413, ErrorCode.PAYLOAD_TOO_LARGE)
         error: dict[str, object]
         if scope["path"].startswith(("/v1/chat/completions", "/v1/completions")):
             error = openai_error(413, message, ErrorCode.PAYLOAD_TOO_LARGE)

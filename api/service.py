@@ -17,6 +17,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api import metrics
 from api.admission import Admission, check_caps, refusal
 from api.auth import Caller
 from api.errors import invalid_field, validation_detail
@@ -147,6 +148,7 @@ async def store_one(
     """Store a prepared job (see ``prepare``) with its message, all or nothing."""
     caps, ttl = _caps(settings, caller), settings.idempotency_ttl_s
     created = (await store.create_many([new], caps, ttl))[0]
+    metrics.submitted([new], [created])
     return await _outcome(store, new, created, caller, idempotency_key)
 
 
@@ -219,7 +221,9 @@ async def submit_many(
     caps, ttl = _caps(settings, caller), settings.idempotency_ttl_s
     for start in range(0, len(prepared), _CHUNK):
         chunk = prepared[start : start + _CHUNK]
-        created = await store.create_many([new for _, new, _ in chunk], caps, ttl)
+        jobs = [new for _, new, _ in chunk]
+        created = await store.create_many(jobs, caps, ttl)
+        metrics.submitted(jobs, created)
         for (index, new, key), done in zip(chunk, created, strict=True):
             if done.record is not None:
                 outcomes[index] = ItemOutcome(202, new.job.id)

@@ -45,6 +45,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _metrics_port() -> dict[str, str]:
+    """A worker's metrics on a free port (two stacks on one machine never share one)."""
+    return {"STRUCTQ_METRICS_PORT": str(free_port())}
+
+
 def _log(msg: str) -> None:
     print(f"[stack] {msg}", file=sys.stderr, flush=True)
 
@@ -242,6 +247,8 @@ class Stack:
         self.replica: _Child | None = None
         self.replica_port = 0
         self.sentinel_ports: list[int] = []
+        self.worker_metrics_url = ""
+        self.webhooks_metrics_url = ""
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -374,11 +381,10 @@ class Stack:
 
     def start_worker(self, env: Mapping[str, str] | None = None) -> _Child:
         started = time.monotonic()
+        env = {**self.env(), **_metrics_port(), **(env or {})}
+        self.worker_metrics_url = f"http://127.0.0.1:{env['STRUCTQ_METRICS_PORT']}/metrics"
         self.worker = _Child(
-            "worker",
-            [sys.executable, "-m", "worker"],
-            {**self.env(), **(env or {})},
-            self.workdir / "worker.log",
+            "worker", [sys.executable, "-m", "worker"], env, self.workdir / "worker.log"
         )
         self._children.append(self.worker)
         _log(f"worker starting (pid {self.worker.proc.pid}); log: {self.worker.log_path}")
@@ -403,10 +409,12 @@ class Stack:
 
     def start_webhooks(self) -> _Child:
         """The webhook worker (no engine); ready once its ready key names its pid."""
+        env = {**self.env(), **_metrics_port()}
+        self.webhooks_metrics_url = f"http://127.0.0.1:{env['STRUCTQ_METRICS_PORT']}/metrics"
         child = _Child(
             "webhooks",
             [sys.executable, "-m", "worker.webhooks"],
-            self.env(),
+            env,
             self.workdir / "webhooks.log",
         )
         self._children.append(child)

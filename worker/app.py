@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from worker.engine import Engine
     from worker.heartbeat import Heartbeat
     from worker.intake import Doorbell
+    from worker.metrics import JobMetrics
     from worker.runner import JobRunner
     from worker.streams import DeltaPublisher
 
@@ -112,6 +113,7 @@ class _Resident:
     heartbeat: Heartbeat | None = None
     cancels: CancelListener | None = None
     streams: DeltaPublisher | None = None
+    metrics: JobMetrics | None = None
     exit_code: int = 0
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -152,10 +154,12 @@ def exit_code() -> int:
 
 @worker_init.connect
 def _start_engine(**_: object) -> None:
+    from shared.metrics import serve as serve_metrics
     from worker.cancels import CancelListener
     from worker.engine import Engine
     from worker.heartbeat import Heartbeat
     from worker.intake import Doorbell
+    from worker.metrics import JobMetrics
     from worker.model import prepare_default_model
     from worker.orphans import guard_engine_processes
     from worker.runner import JobRunner
@@ -165,9 +169,16 @@ def _start_engine(**_: object) -> None:
         if _resident.runner is not None:
             _resident.runner.wake()
 
+    metrics = JobMetrics(settings.model)
+    serve_metrics(settings.metrics_port)
+
+    def engine_died(exc: BaseException) -> None:
+        metrics.engine_died()
+        _fatal(exc)
+
     try:
         model_path = settings.model_path or prepare_default_model(settings.cache_dir)
-        engine = Engine.start(settings, model_path, on_dead=_fatal, on_done=wake_runner)
+        engine = Engine.start(settings, model_path, on_dead=engine_died, on_done=wake_runner)
         guard_engine_processes()
     except Exception:
         log.exception("could not start the engine")
@@ -178,8 +189,10 @@ def _start_engine(**_: object) -> None:
     streams = DeltaPublisher(client)
     streams.start()
     job_runner = JobRunner(
-        JobStore(client, settings.job_ttl_s), engine, settings, streams, on_fatal=_fatal
+        JobStore(client, settings.job_ttl_s), engine, settings, streams, _fatal, metrics
     )
+    metrics.watch(lambda: job_runner.in_flight, lambda: engine.steps)
+    _resident.metrics = metrics
     _resident.engine, _resident.runner, _resident.streams = engine, job_runner, streams
     _resident.cancels = CancelListener(client, job_runner.cancel)
     _resident.heartbeat = Heartbeat(client, settings)
@@ -205,6 +218,8 @@ def _shutting_down(how: str = "", **_: object) -> None:
     if how == "Warm" and job_runner is not None:
         # Celery now stops consuming; the jobs running get the drain timeout, then are re-queued.
         job_runner.drain()
+        if _resident.metrics is not None:
+            _resident.metrics.drain()
         log.info("draining: running jobs get %.0f s to finish", settings.drain_timeout_s)
         timer = threading.Timer(settings.drain_timeout_s, job_runner.requeue_running)
         timer.daemon = True

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,10 @@ class Engine:
         from vllm.v1.engine.llm_engine import LLMEngine
 
         log.info("starting vLLM engine for %s from %s", settings.model, model_path)
+        # With its statistics on (STRUCTQ_ENGINE_STATS), vLLM registers its Prometheus metrics;
+        # its other default stat logger, a log line every 10 s, is left out (it is only added
+        # while this logger takes INFO).
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         args = EngineArgs(**engine_kwargs(settings, model_path))
         # The batch-size defaults of vLLM's offline LLM class (throughput-oriented; on CPU 256
         # sequences, 4096 tokens a step), so the worker and the raw-vLLM baseline match.
@@ -268,11 +273,12 @@ class Engine:
             if engine_core_outputs:
                 self._steps += 1
                 step, batch, by_internal = self._steps, len(engine_core_outputs), self._by_internal
+                now = time.perf_counter()
                 for output in engine_core_outputs:
                     req = by_internal.get(output.request_id)
                     if req is not None:
                         if not req.first_step:
-                            req.first_step = step
+                            req.first_step, req.first_token_at = step, now
                         req.last_step = step
                         if batch > req.max_batch:
                             req.max_batch = batch

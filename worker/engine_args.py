@@ -45,7 +45,7 @@ def engine_kwargs(settings: WorkerSettings, model_path: Path) -> dict[str, Any]:
             "backend": settings.structured_outputs_backend,
             "disable_any_whitespace": settings.json_compact,
         },
-        disable_log_stats=True,
+        disable_log_stats=not settings.engine_stats,
         **scheduling,
     )
 

@@ -44,6 +44,7 @@ class Generation:
     last_step: int
     max_batch: int
     engine_s: float = 0.0  # from submit() to the last token: the engine's share of the job
+    first_token_s: float | None = None  # from submit() to the first token (None: no token)
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class Request:
     first_step: int = 0
     last_step: int = 0
     max_batch: int = 0
+    first_token_at: float = 0.0  # perf_counter() at the step of its first token
 
     def generation(self, finish_reason: str | None) -> Generation:
         return Generation(
@@ -75,6 +77,7 @@ class Request:
             last_step=self.last_step,
             max_batch=self.max_batch,
             engine_s=time.perf_counter() - self.submitted,
+            first_token_s=self.first_token_at - self.submitted if self.first_token_at else None,
         )
 
 

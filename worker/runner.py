@@ -46,6 +46,7 @@ from shared.store import JobStore, Stored, read_job
 from worker import claims, outcomes
 from worker.engine import Engine
 from worker.engine_types import AbortReason, Done, Request
+from worker.metrics import JobMetrics
 from worker.settings import WorkerSettings
 from worker.streams import DeltaPublisher
 
@@ -87,8 +88,10 @@ class JobRunner:
         settings: WorkerSettings,
         streams: DeltaPublisher | None = None,
         on_fatal: Callable[[BaseException], None] = lambda exc: None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._engine = engine
         self._streams = streams
         self._settings = settings
@@ -242,7 +245,7 @@ class JobRunner:
 
     def _record(self, done: list[Done]) -> None:
         changes: list[Change] = []
-        recorded: list[_Active] = []
+        recorded: list[tuple[_Active, Done]] = []
         for item in done:
             active = self._active.pop(item.request_id, None)
             if active is None:
@@ -258,9 +261,9 @@ class JobRunner:
             if active.spec is not None:
                 change = dataclasses.replace(change, spec=active.spec)
             changes.append(change)
-            recorded.append(active)
+            recorded.append((active, item))
         written = self._retrying(lambda: self._store.apply_many(changes))
-        for active, change, current in zip(recorded, changes, written, strict=True):
+        for (active, item), change, current in zip(recorded, changes, written, strict=True):
             job = change.job
             if job is None:
                 continue
@@ -268,7 +271,10 @@ class JobRunner:
                 log.info(
                     "job %s's run %s was not recorded: it is %s now", job.id, active.run, current
                 )
-            elif job.stream and self._streams is not None and job.status.terminal:
+                continue
+            if self._metrics is not None:
+                self._metrics.recorded(job, item.generation)
+            if job.stream and self._streams is not None and job.status.terminal:
                 self._streams.end(job.id, active.run)  # a re-queued job's next run goes on
 
     def _enforce_deadlines(self) -> None:

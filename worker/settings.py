@@ -34,6 +34,18 @@ class WorkerSettings(CommonSettings):
         description="On SIGTERM, how long in-flight jobs may run on before they are re-queued "
         "for another worker. Keep it below Kubernetes' terminationGracePeriodSeconds.",
     )
+    metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        description="Port of this worker's Prometheus metrics (`/metrics`; 0: none). See "
+        "docs/observability.md.",
+    )
+    engine_stats: bool = Field(
+        True,
+        description="vLLM's own statistics (its `vllm:` metrics, KV-cache usage, running and "
+        "waiting requests) on the worker's metrics port. Off saves vLLM's per-step accounting.",
+    )
     fault_injection: bool = Field(
         False,
         description="Testing only: a job whose metadata has `structq.fault: kill-worker` "
@@ -116,6 +128,12 @@ class WebhookSettings(CommonSettings):
         "10 h, then give up). Each delay gets +-20% jitter; a Retry-After longer wins.",
     )
     webhook_concurrency: int = Field(32, ge=1, description="Deliveries in flight at once.")
+    metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="Port of the webhook worker's Prometheus metrics (`/metrics`; 0: none).",
+    )
     webhook_worker_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="This webhook worker's name.",

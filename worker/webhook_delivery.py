@@ -31,6 +31,7 @@ from shared.keys import (
 from shared.records import WebhookDelivery
 from shared.redis_pools import retrying
 from shared.webhooks import resolve_checked, sign
+from worker import webhook_metrics
 from worker.settings import WebhookSettings
 
 __all__ = ["Deliverer"]
@@ -118,6 +119,7 @@ class Deliverer:
         schedule = self._settings.webhook_schedule_s
         if outcome == "retrying" and number >= len(schedule):
             outcome = "gave_up"
+        webhook_metrics.attempted(spec.event, outcome, time.perf_counter() - started)
         record = WebhookAttempt(
             event=spec.event,
             webhook_id=delivery_id,

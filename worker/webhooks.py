@@ -38,6 +38,7 @@ from shared.keys import (
     WEBHOOK_WORKER_TTL_S,
     WEBHOOKS_TRANSPORT,
 )
+from shared.metrics import serve as serve_metrics
 from shared.records import WebhookWorkerAnnouncement
 from shared.redis_pools import celery_broker, sync_client
 from worker.celery_config import reliable_threads_worker
@@ -110,6 +111,7 @@ def _scheduler(deliverer: Deliverer, client: redis.Redis, stop: threading.Event)
 
 @worker_init.connect
 def _start(**_: object) -> None:
+    serve_metrics(settings.metrics_port)
     client = sync_client(settings.redis_url, max_connections=settings.webhook_concurrency + 4)
     deliverer = Deliverer(client, settings)
     stop = threading.Event()
