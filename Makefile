@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit bench worker gateway lint clean
+.PHONY: setup demo observe test test-unit bench worker gateway lint clean
 
 setup:
 	./scripts/setup.sh
@@ -10,6 +10,10 @@ setup:
 ## Start Redis, one worker and the gateway; run the seed examples as jobs; print the results.
 demo: setup
 	$(PY) -m scripts.demo
+
+## The local stack with Prometheus scraping it and jobs trickling in; prints the URLs (Ctrl-C stops).
+observe: setup
+	$(PY) -m scripts.observe
 
 ## The whole test suite (unit, gateway, and end to end on the bundled model).
 test: setup

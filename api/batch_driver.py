@@ -242,9 +242,8 @@ class BatchDriver:
         caller = Caller(batch.owner or "anonymous", admin=False, owns_jobs=batch.owner is not None)
         while in_flight < window and not run.eof:
             entries: dict[Any, str] = {}  # line number -> its entry (JSON)
-            new: list[tuple[str, int, list[NewJob], int]] = []
-            refused = 0
-            while len(new) < _CHUNK and in_flight + len(new) < window:
+            parsed: list[tuple[int, batch_lines.Line]] = []
+            while len(parsed) < _CHUNK and in_flight + len(parsed) < window:
                 try:
                     raw = await anext(run.lines)
                 except StopAsyncIteration:
@@ -254,12 +253,22 @@ class BatchDriver:
                 run.next_line += 1
                 if not raw.strip() or number < run.resume_at:
                     continue
-                outcome = await self._prepare(batch, caller, raw, number)
+                try:
+                    left_s = max(1.0, batch.expires_at - time.time())
+                    line = batch_lines.parse(raw, number, batch.endpoint, self._settings, left_s)
+                except batch_lines.LineRefused as exc:
+                    entries[str(number)] = json.dumps({"c": exc.custom_id, "e": exc.entry()})
+                    continue
+                parsed.append((number, line))
+            new: list[tuple[str, int, list[NewJob], int]] = []
+            owners = await self._claim_custom_ids(batch, parsed)
+            for (number, line), owner in zip(parsed, owners, strict=True):
+                outcome = await self._prepare(batch, caller, line, number, owner)
                 if isinstance(outcome, dict):
                     entries[str(number)] = json.dumps(outcome)
-                    refused += 1
                 else:
                     new.append(outcome)
+            refused = len(entries)
             stored = await self._store_jobs(batch, caller, new)
             entries.update(stored)
             ids_in_flight = [str(number) for _, number, _, _ in new if str(number) in stored]
@@ -276,24 +285,29 @@ class BatchDriver:
             in_flight += len(ids_in_flight)
         return in_flight
 
-    async def _prepare(
-        self, batch: Batch, caller: Caller, raw: bytes, number: int
-    ) -> tuple[str, int, list[NewJob], int] | dict[str, Any]:
-        """A line's jobs, checked and built (not stored); or its error entry."""
-        try:
-            left_s = max(1.0, batch.expires_at - time.time())
-            line = batch_lines.parse(raw, number, batch.endpoint, self._settings, left_s)
-        except batch_lines.LineRefused as exc:
-            return {"c": exc.custom_id, "e": exc.entry()}
-        # custom_id -> its line: a re-read of the same line (a takeover) is no duplicate.
+    async def _claim_custom_ids(
+        self, batch: Batch, parsed: list[tuple[int, batch_lines.Line]]
+    ) -> list[int]:
+        """Each line's custom_id claimed for it unless an earlier line has it, in one round
+        trip: the line each custom_id belongs to (a re-read of the same line, in a takeover,
+        finds its own number)."""
+        if not parsed:
+            return []
         cids = BATCH_CUSTOM_IDS_PREFIX + batch.id
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(cids, line.custom_id, number)
-            pipe.hget(cids, line.custom_id)
+            for number, line in parsed:
+                pipe.hsetnx(cids, line.custom_id, number)
+            pipe.hmget(cids, [line.custom_id for _, line in parsed])
             pipe.expire(cids, self._batches.ttl_s)
-            _, owner_line, _ = await pipe.execute()
-        if int(owner_line) != number:
-            message = f"custom_id {line.custom_id!r} is already used by line {int(owner_line)}"
+            replies = await pipe.execute()
+        return [int(owner) for owner in cast(list[bytes], replies[-2])]
+
+    async def _prepare(
+        self, batch: Batch, caller: Caller, line: batch_lines.Line, number: int, owner: int
+    ) -> tuple[str, int, list[NewJob], int] | dict[str, Any]:
+        """A parsed line's jobs, checked and built (not stored); or its error entry."""
+        if owner != number:
+            message = f"custom_id {line.custom_id!r} is already used by line {owner}"
             return {
                 "c": line.custom_id,
                 "e": {"status": 400, "code": ErrorCode.DUPLICATE_CUSTOM_ID, "message": message},

@@ -19,6 +19,7 @@ arguments come from ``worker.engine_args``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -91,10 +92,9 @@ class Engine:
         from vllm.v1.engine.llm_engine import LLMEngine
 
         log.info("starting vLLM engine for %s from %s", settings.model, model_path)
-        # With its statistics on (STRUCTQ_ENGINE_STATS), vLLM registers its Prometheus metrics;
-        # its other default stat logger, a log line every 10 s, is left out (it is only added
-        # while this logger takes INFO).
-        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
+        # With its statistics on (STRUCTQ_ENGINE_STATS), vLLM registers its Prometheus metrics,
+        # and would also log a summary line every 10 s: not unless asked for.
+        os.environ.setdefault("VLLM_LOG_STATS_INTERVAL", "1e9")
         args = EngineArgs(**engine_kwargs(settings, model_path))
         # The batch-size defaults of vLLM's offline LLM class (throughput-oriented; on CPU 256
         # sequences, 4096 tokens a step), so the worker and the raw-vLLM baseline match.
