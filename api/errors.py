@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.metrics import refused
+from api.request_ids import HEADER, request_id_of
 from shared.errors import ErrorCode, ServiceUnavailable, StructqError
 
 __all__ = [
@@ -237,12 +238,21 @@ async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSO
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug of ours: the client learns only that, never a trace, a path or another's data.
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # This handler runs outside the request-id middleware: the id comes from the scope.
+    request_id = request_id_of(request.scope)
+    extra = {"request_id": request_id} if request_id else {}
+    log.error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc, extra=extra
+    )
     message = "internal error; the gateway's log has the details"
     refused(500, ErrorCode.INTERNAL_ERROR)
     if _openai_route(request):
-        return _openai_response(500, message, ErrorCode.INTERNAL_ERROR, None, retryable=False)
-    return JSONResponse(status_code=500, content=_body(ErrorCode.INTERNAL_ERROR, message))
+        response = _openai_response(500, message, ErrorCode.INTERNAL_ERROR, None, retryable=False)
+    else:
+        response = JSONResponse(status_code=500, content=_body(ErrorCode.INTERNAL_ERROR, message))
+    if request_id:
+        response.headers[HEADER] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -25,6 +25,7 @@ from api.files import Files
 from api.janitor import Janitor
 from api.limits import BodyLimit
 from api.metrics import HttpMetrics
+from api.request_ids import RequestIds
 from api.routes import admin, batches, bulk, files, health, jobs, openai
 from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
@@ -104,6 +105,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.warning("STRUCTQ_INSECURE_NO_AUTH: no API keys, every caller is an admin")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=("/v1/files",))
     app.add_middleware(HttpMetrics)  # outermost: it counts BodyLimit's 413s too
+    app.add_middleware(RequestIds)  # outermost: every response carries X-Request-ID
     install_error_handlers(app)
     app.include_router(bulk.router)
     app.include_router(jobs.router)

@@ -22,7 +22,7 @@ from api.admission import Admission, check_caps, refusal
 from api.auth import Caller
 from api.errors import invalid_field, validation_detail
 from api.settings import ApiSettings
-from shared import lifecycle
+from shared import lifecycle, logs
 from shared.async_store import AsyncJobStore
 from shared.errors import Conflict, ErrorCode, JobNotFound, StructqError, UnsafeUrl
 from shared.jobs import Job, JobCreate, JobStatus, utcnow
@@ -103,6 +103,7 @@ async def prepare(
             "id": str(uuid.uuid4()),
             "created_at": now,
             "client": caller.owner,
+            "request_id": logs.request_id(),
         }
     )
     idempotency = None

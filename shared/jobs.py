@@ -251,6 +251,11 @@ class Job(JobCreate):
     retries: int = Field(0, description="Times `POST /v1/jobs/{id}/retry` queued it again.")
     worker: str | None = Field(None, description="The worker of the latest run.")
     client: str | None = Field(None, description="The API key (its name) that submitted it.")
+    request_id: str | None = Field(
+        None,
+        description="The id of the request that submitted it (its `X-Request-ID`, or the one "
+        "the gateway made): the logs of every process carry it.",
+    )
     result: JobResult | None = None
     error: JobError | None = None
     engine: EngineStats | None = None

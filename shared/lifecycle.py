@@ -104,6 +104,8 @@ class Change:
             event=event,
             url=job.webhook.url,
             payload=payload,
+            model=job.model,
+            request_id=job.request_id,
         )
 
 

@@ -42,6 +42,9 @@ class WebhookDelivery(_Record):
     event: WebhookEvent | BatchWebhookEvent
     url: str
     payload: str  # the exact body to send (and sign)
+    # For the webhook worker's log lines (a batch's delivery has neither).
+    model: str | None = None
+    request_id: str | None = None  # the request that submitted the job (``Job.request_id``)
 
 
 class WebhookWorkerAnnouncement(_Record):

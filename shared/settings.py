@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_MODEL", "CommonSettings", "load_settings"]
@@ -83,11 +83,25 @@ class CommonSettings(BaseSettings):
         "after a Redis restart or failover.",
     )
 
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="`json`: one JSON object per log line, with `request_id`, `job_id`, "
+        "`model` and `worker` when known; `text`: plain lines, for a terminal.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Least severe log level written."
+    )
+
     webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=list,
         description="Networks (CIDR, JSON list) webhooks may reach although they are not "
         "public (loopback, private, link-local...). Empty by default: public addresses only.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -22,6 +22,8 @@ def main() -> None:
 
     app.worker_main(
         [
+            # No banner on stdout: the logs are one JSON object per line.
+            *(["--quiet"] if settings.log_format == "json" else []),
             "worker",
             "--pool=threads",
             "--concurrency=1",

@@ -21,6 +21,7 @@ Ways out, and what happens to the jobs:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -28,8 +29,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
+from shared import logs
 from shared.keys import (
     JOBS_TRANSPORT,
     QUEUE_SEP,
@@ -103,6 +111,22 @@ app.conf.update(celery_config(settings))
 app.steps["consumer"].add(DrainOnShutdown)
 
 
+@setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    """Celery leaves the process's logging to this (it configures none of its own then): every
+    line through structq's handler (``shared.logs``), vLLM's too, in its engine processes as
+    well. Done once, at ``worker_init`` (before the engine starts), which Celery sends first."""
+    _setup_logs()
+
+
+@functools.cache
+def _setup_logs() -> None:
+    applied = logs.setup(
+        settings.log_format, settings.log_level, worker=settings.worker_id, model=settings.model
+    )
+    logs.vllm_config_file(applied)
+
+
 @dataclass
 class _Resident:
     """What the worker process holds while it runs."""
@@ -164,6 +188,8 @@ def _start_engine(**_: object) -> None:
     from worker.orphans import guard_engine_processes
     from worker.runner import JobRunner
     from worker.streams import DeltaPublisher
+
+    _setup_logs()
 
     def wake_runner() -> None:  # the engine finished something: the dispatcher records it
         if _resident.runner is not None:

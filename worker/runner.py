@@ -41,6 +41,7 @@ from typing import TypeVar
 from shared.errors import RedisGone
 from shared.jobs import Job, JobStatus
 from shared.lifecycle import Change
+from shared.logs import job_fields
 from shared.redis_pools import retrying
 from shared.store import JobStore, Stored, read_job
 from worker import claims, outcomes
@@ -214,7 +215,12 @@ class JobRunner:
         for (tag, row), change, current in zip(taken, changes, written, strict=True):
             if change.new_run is None or current is not None:
                 if change.new_run is not None:
-                    log.info("job of message %s changed before it could start (%s)", tag, current)
+                    log.info(
+                        "job of message %s changed before it could start (%s)",
+                        tag,
+                        current,
+                        extra=job_fields(change.job) if change.job else None,
+                    )
                 continue
             request = self._start(change, row.spec)
             if request is not None:
@@ -227,7 +233,11 @@ class JobRunner:
         if job is None or run is None:
             raise ValueError("not a claim")
         if self._settings.fault_injection and job.metadata.get(FAULT_KEY) == "kill-worker":
-            log.critical("job %s asks for this worker's death (fault injection)", job.id)
+            log.critical(
+                "job %s asks for this worker's death (fault injection)",
+                job.id,
+                extra=job_fields(job),
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         limit = claims.run_limit(job, self._settings.max_run_s)
         request_id = f"{job.id}.{run}"
@@ -256,22 +266,35 @@ class JobRunner:
                     active.job, active.run, item, self._worker_id, self._settings.max_attempts
                 )
             except Exception as exc:  # a bug of ours: the job still ends, with a reason
-                log.exception("job %s failed unexpectedly", active.job.id)
+                log.exception(
+                    "job %s failed unexpectedly", active.job.id, extra=job_fields(active.job)
+                )
                 change = outcomes.crashed(active.job, active.run, exc)
             if active.spec is not None:
                 change = dataclasses.replace(change, spec=active.spec)
             changes.append(change)
             recorded.append((active, item))
         written = self._retrying(lambda: self._store.apply_many(changes))
+        debug = log.isEnabledFor(logging.DEBUG)  # once per round: the hot path
         for (active, item), change, current in zip(recorded, changes, written, strict=True):
             job = change.job
             if job is None:
                 continue
             if current is not None:
                 log.info(
-                    "job %s's run %s was not recorded: it is %s now", job.id, active.run, current
+                    "job %s's run %s was not recorded: it is %s now",
+                    job.id,
+                    active.run,
+                    current,
+                    extra=job_fields(job),
                 )
                 continue
+            if debug and job.status.terminal:
+                log.debug(
+                    "job finished: %s",
+                    job.status.value,
+                    extra={**job_fields(job), **_finished_fields(job)},
+                )
             if self._metrics is not None:
                 self._metrics.recorded(job, item.generation)
             if job.stream and self._streams is not None and job.status.terminal:
@@ -297,7 +320,11 @@ class JobRunner:
         for (job_id, run), row in zip(lost.items(), rows, strict=True):
             job = read_job(row)[0]
             if job is not None and job.status is JobStatus.RUNNING:
-                log.warning("job %s is claimed by this worker but not running here", job_id)
+                log.warning(
+                    "job %s is claimed by this worker but not running here",
+                    job_id,
+                    extra=job_fields(job),
+                )
                 max_attempts = self._settings.max_attempts
                 changes.append(outcomes.lost(job, run, self._worker_id, max_attempts))
         self._retrying(lambda: self._store.apply_many(changes))
@@ -306,3 +333,16 @@ class JobRunner:
         """``call()``, retried while Redis is unreachable (up to STRUCTQ_REDIS_OUTAGE_S), with
         deadlines enforced meanwhile (aborting needs no Redis)."""
         return retrying(call, self._settings.redis_outage_s, self._enforce_deadlines)
+
+
+def _finished_fields(job: Job) -> dict[str, object]:
+    """The "job finished" line's own fields: its status, error code and tokens."""
+    fields: dict[str, object] = {"status": job.status.value}
+    usage = job.result.usage if job.result is not None else None
+    if job.error is not None:
+        fields["code"] = job.error.code
+        usage = job.error.usage
+    if usage is not None:
+        fields["prompt_tokens"] = usage.prompt_tokens
+        fields["completion_tokens"] = usage.completion_tokens
+    return fields

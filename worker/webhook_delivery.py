@@ -158,6 +158,7 @@ class Deliverer:
             number,
             status_code or error,
             outcome,
+            extra=_fields(spec),
         )
         return outcome
 
@@ -208,6 +209,13 @@ def _next_message(delivery_id: str) -> str:
         task_id=f"{delivery_id}~{uuid.uuid4().hex[:12]}",
         task=WEBHOOK_TASK_NAME,
     )
+
+
+def _fields(spec: WebhookDelivery) -> dict[str, str]:
+    """``extra=`` of a delivery's log lines: its job (or batch), model and request id."""
+    owner = "batch_id" if spec.event.startswith("batch.") else "job_id"
+    fields = {owner: spec.job_id, "model": spec.model, "request_id": spec.request_id}
+    return {k: v for k, v in fields.items() if v}
 
 
 def _outcome(status_code: int) -> Outcome:

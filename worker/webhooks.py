@@ -20,6 +20,7 @@ without vLLM (it runs on any CPU node), makes the attempts:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -28,8 +29,9 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_shutdown
 
+from shared import logs
 from shared.jobs import utcnow
 from shared.keys import (
     WEBHOOK_QUEUE,
@@ -68,6 +70,18 @@ app.conf.update(
         },
     )
 )
+
+
+@setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    """Celery leaves the process's logging to this (``shared.logs``); done once, at
+    ``worker_init``, which Celery sends first."""
+    _setup_logs()
+
+
+@functools.cache
+def _setup_logs() -> None:
+    logs.setup(settings.log_format, settings.log_level, worker=settings.webhook_worker_id)
 
 
 @dataclass
@@ -111,6 +125,7 @@ def _scheduler(deliverer: Deliverer, client: redis.Redis, stop: threading.Event)
 
 @worker_init.connect
 def _start(**_: object) -> None:
+    _setup_logs()
     serve_metrics(settings.metrics_port)
     client = sync_client(settings.redis_url, max_connections=settings.webhook_concurrency + 4)
     deliverer = Deliverer(client, settings)
@@ -138,6 +153,8 @@ def _stop(**_: object) -> None:
 def main() -> None:
     app.worker_main(
         [
+            # No banner on stdout: the logs are one JSON object per line.
+            *(["--quiet"] if settings.log_format == "json" else []),
             "worker",
             "--pool=threads",
             f"--concurrency={settings.webhook_concurrency}",
