@@ -113,6 +113,10 @@ def janitor_did(action: str, count: int = 1) -> None:
         _JANITOR.labels(action).inc(count)
 
 
+# Each request's two series, by (route template, method, status): labels() is looked up once.
+_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 class HttpMetrics:
     """ASGI middleware: every HTTP request's count and time to its response's start, by the
     template of the route that answered it (``other``: none did)."""
@@ -138,12 +142,16 @@ class HttpMetrics:
             await self.app(scope, receive, timed)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "other"
-            method = scope["method"]
-            _REQUESTS.labels(template, method, str(status)).inc()
-            if elapsed is None:
-                elapsed = time.perf_counter() - started
-            _DURATION.labels(template, method).observe(elapsed)
+            key = (getattr(route, "path", None) or "other", scope["method"], status)
+            series = _SERIES.get(key)
+            if series is None:  # bounded: route templates x methods x statuses
+                template, method, _ = key
+                series = _SERIES[key] = (
+                    _REQUESTS.labels(template, method, str(status)),
+                    _DURATION.labels(template, method),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started if elapsed is None else elapsed)
 
 
 async def metrics_response(client: aioredis.Redis, settings: ApiSettings) -> Response:
