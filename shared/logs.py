@@ -161,7 +161,9 @@ def config(
             }
         },
         "root": {"level": level.upper(), "handlers": ["main"]},
-        "loggers": {name: {"handlers": [], "propagate": True} for name in _ROUTED},
+        "loggers": {
+            name: {"handlers": [], "propagate": True, "level": "NOTSET"} for name in _ROUTED
+        },
     }
 
 
@@ -175,6 +177,8 @@ def setup(
     """Configure this process's logging (see ``config``); returns the config applied."""
     applied = config(kind, level, worker=worker, model=model)
     logging.config.dictConfig(applied)
+    for name in _ROUTED:  # a library's earlier dictConfig may have switched one off
+        logging.getLogger(name).disabled = False
     return applied
 
 
