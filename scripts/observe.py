@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.stack import Stack, free_port
+from scripts.stack import Stack, start_prometheus
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules.yml"
 
@@ -52,48 +52,6 @@ _BODIES = [
         "sampling": {"max_tokens": 2},
     },
 ]
-
-
-def _prometheus(stack: Stack, workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        sys.exit("Debian's prometheus package is missing (make setup installs it)")
-    targets = {
-        "gateway": stack.api_url,
-        "worker": stack.worker_metrics_url,
-        "webhooks": stack.webhooks_metrics_url,
-    }
-    scrape = "".join(
-        f"  - job_name: {job}\n    static_configs:\n"
-        f"      - targets: ['{url.removeprefix('http://').split('/')[0]}']\n"
-        for job, url in targets.items()
-    )
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 2s\n  evaluation_interval: 5s\n"
-        f"rule_files:\n  - {RULES}\nscrape_configs:\n{scrape}"
-    )
-    server = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=(workdir / "prometheus.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"prometheus did not start: see {workdir / 'prometheus.log'}")
-        time.sleep(0.2)
 
 
 def _trickle(api_url: str, stop: threading.Event) -> None:
@@ -165,19 +123,16 @@ def _interrupt(*_: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="Prometheus' port (default: free)")
     parser.add_argument("--screenshot", type=Path, help="save the graphs there, and stop")
     parser.add_argument("--seconds", type=float, default=150, help="jobs before the screenshot")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="structq-observe-"))
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     with Stack(workdir, webhooks=True, env={"STRUCTQ_WEBHOOK_SECRET": secret}) as stack:
-        port = args.port or free_port()
-        server = _prometheus(stack, workdir, port)
+        server, base = start_prometheus(workdir, stack.metrics_urls(), interval_s=2.0, rules=RULES)
         stop = threading.Event()
         load = threading.Thread(target=_trickle, args=(stack.api_url, stop), daemon=True)
         load.start()
-        base = f"http://127.0.0.1:{port}"
         try:
             print(f"\nPrometheus: {base}   (targets: {base}/targets, alerts: {base}/alerts)")
             print(f"Graphs of the jobs now running: {graph_url(base)}")
@@ -196,8 +151,7 @@ def main() -> int:
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the cleanup goes on
             stop.set()
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
+            server.stop(30)
             load.join(timeout=35)
     return 0
 

@@ -30,7 +30,7 @@ from shared.records import WorkerAnnouncement
 from shared.redis_pools import sync_client
 from shared.workers import live_workers_sync
 
-__all__ = ["Stack", "StackError", "free_port", "start_redis"]
+__all__ = ["Stack", "StackError", "free_port", "start_prometheus", "start_redis"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,6 +211,54 @@ def start_sentinel(workdir: Path, primary_port: int) -> tuple[_Child, int]:
     child = _Child("redis", argv, os.environ, data / "sentinel.log")
     _wait_for_redis(child, f"redis://127.0.0.1:{port}/0")
     return child, port
+
+
+def start_prometheus(
+    workdir: Path,
+    targets: Mapping[str, str],
+    interval_s: float = 1.0,
+    rules: Path | None = None,
+) -> tuple[_Child, str]:
+    """Debian's Prometheus on a free local port, scraping ``targets`` (job name -> the URL of
+    its ``/metrics``) every ``interval_s`` and evaluating ``rules``; its files in
+    ``workdir/prometheus``. Returns it and its URL once it is ready."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise StackError("Debian's prometheus package is missing (make setup installs it)")
+    data = workdir / "prometheus"
+    data.mkdir(parents=True, exist_ok=True)
+    scrape = "".join(
+        f"  - job_name: {job}\n    static_configs:\n"
+        f"      - targets: ['{url.removeprefix('http://').split('/')[0]}']\n"
+        for job, url in targets.items()
+    )
+    rule_files = f"rule_files:\n  - {rules}\n" if rules is not None else ""
+    config = data / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {interval_s}s\n  scrape_timeout: {interval_s}s\n"
+        f"  evaluation_interval: {interval_s}s\n{rule_files}scrape_configs:\n{scrape}"
+    )
+    port = free_port()
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    child = _Child("prometheus", argv, os.environ, data / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                _log(f"prometheus on {url}")
+                return child, url
+        except httpx.TransportError:
+            pass
+        if not child.alive() or time.monotonic() > deadline:
+            child.stop(5)
+            raise StackError(f"prometheus did not start:\n{child.tail()}")
+        time.sleep(0.2)
 
 
 class Stack:
@@ -458,6 +506,11 @@ class Stack:
             time.sleep(0.1)
         _log(f"{name} on {url}")
         return child, url
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each structq process serves its Prometheus metrics, by a job name."""
+        urls = {"gateway": f"{self.api_url}/metrics", "worker": self.worker_metrics_url}
+        return {**urls, "webhooks": self.webhooks_metrics_url} if self.webhooks else urls
 
     def pids(self) -> dict[str, int]:
         """The main process of each part that runs: redis, worker, webhooks, gateway."""

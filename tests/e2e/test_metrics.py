@@ -6,9 +6,7 @@ query API, moved by exactly what was run.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.stack import Stack, free_port
+from scripts.stack import Stack, start_prometheus
 from shared.settings import DEFAULT_MODEL
 from tests.e2e.conftest import NO_WORKERS, wait_for
 from tests.receiver import Receiver
@@ -57,60 +55,15 @@ class Prometheus:
             time.sleep(0.25)
 
 
-def _target(url: str) -> str:
-    return url.removeprefix("http://").split("/")[0]
-
-
 @pytest.fixture
 def prometheus(stack: Stack, tmp_path: Path) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    assert binary, "Debian's prometheus package is missing: `make setup` installs it"
-    targets = {
-        "gateway": _target(stack.api_url),
-        "worker": _target(stack.worker_metrics_url),
-        "webhooks": _target(stack.webhooks_metrics_url),
-    }
-    scrape = "\n".join(
-        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']"
-        for job, target in targets.items()
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape}\n"
-    )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    server = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server, url = start_prometheus(tmp_path, stack.metrics_urls())
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "prometheus.log"
-            ).read_text()[-2000:]
-            time.sleep(0.2)
         prom = Prometheus(url)
         prom.scraped_after(time.time())
         yield prom
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-        log.close()
+        server.stop(30)
 
 
 # What each query counts; read before and after the jobs run.
