@@ -37,8 +37,8 @@ gateway: setup
 
 ## ruff, and mypy (strict on shared/ and worker/; see pyproject.toml).
 lint: setup
-	$(PY) -m ruff check api worker shared scripts tests bench
-	$(PY) -m ruff format --check api worker shared scripts tests bench
+	$(PY) -m ruff check api worker shared structq scripts tests bench
+	$(PY) -m ruff format --check api worker shared structq scripts tests bench
 	$(PY) -m mypy
 
 clean:

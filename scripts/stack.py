@@ -234,9 +234,10 @@ def start_prometheus(
     )
     rule_files = f"rule_files:\n  - {rules}\n" if rules is not None else ""
     config = data / "prometheus.yml"
+    every = f"{round(interval_s * 1000)}ms"  # Prometheus' durations are whole numbers
     config.write_text(
-        f"global:\n  scrape_interval: {interval_s}s\n  scrape_timeout: {interval_s}s\n"
-        f"  evaluation_interval: {interval_s}s\n{rule_files}scrape_configs:\n{scrape}"
+        f"global:\n  scrape_interval: {every}\n  scrape_timeout: {every}\n"
+        f"  evaluation_interval: {every}\n{rule_files}scrape_configs:\n{scrape}"
     )
     port = free_port()
     argv = [
