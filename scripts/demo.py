@@ -1,61 +1,60 @@
-"""``make demo``: start Redis, a worker and the gateway, run the seed examples as jobs, print
-each output and its parsed value, and shut everything down (checking nothing is left running).
+"""``make demo``: start Redis, a worker and the gateway, run the seed examples as jobs through
+the Python client (``structq.Client``), print each output and its parsed value, and shut
+everything down (checking nothing is left running).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 
-import httpx
-
+import structq
 from scripts.seed_jobs import SEED_JOBS
 from scripts.stack import Stack
 
 
 def main() -> int:
     with Stack() as stack:
-        client = httpx.Client(base_url=stack.api_url, timeout=30)
+        client = structq.Client(stack.api_url)
         print(
             "\nThe local stack runs without API keys (STRUCTQ_INSECURE_NO_AUTH=true, development "
             "only; a deployment configures STRUCTQ_API_KEYS)."
         )
-        print("Submitting the seed examples to", stack.api_url, flush=True)
+        print("Submitting the seed examples to", stack.api_url, "with structq.Client", flush=True)
         submitted = []
         for label, body in SEED_JOBS:
-            response = client.post("/v1/jobs", json=body)
-            response.raise_for_status()
-            job = response.json()
-            submitted.append((label, body, job["id"]))
-            status = f"{response.status_code} {job['status']}"
-            print(f"  POST /v1/jobs ({label:<11}) -> {status}  {job['id']}")
+            job = client.submit(
+                body.get("prompt") or body["messages"],
+                body.get("output_type"),
+                **body.get("sampling", {}),
+            )
+            submitted.append((label, body, job))
+            print(f"  client.submit({label:<11}) -> {job.status.value}  {job.id}")
         started = time.monotonic()
-        finished = {}
-        while len(finished) < len(submitted) and time.monotonic() - started < 300:
-            for _, _, job_id in submitted:
-                if job_id not in finished:
-                    job = client.get(f"/v1/jobs/{job_id}").json()
-                    if job["status"] in ("succeeded", "failed"):
-                        finished[job_id] = job
-            time.sleep(0.1)
+        for _, _, job in submitted:
+            with contextlib.suppress(structq.JobTimeout):
+                job.wait(timeout=max(1.0, 300 - (time.monotonic() - started)))
         print(f"\nResults (all done in {time.monotonic() - started:.1f}s):")
         ok = True
-        for label, body, job_id in submitted:
-            job = finished.get(job_id)
+        for label, body, job in submitted:
             question = body.get("prompt") or body["messages"][-1]["content"]
             print(f"\n[{label}] {question}")
-            if job is None:
+            try:
+                value = job.result(timeout=0)
+            except structq.JobTimeout:
                 ok = False
                 print("  not finished in time")
-            elif job["status"] == "succeeded":
-                result = job["result"]
-                print(f"  text : {result['text']!r}")
-                print(f"  value: {json.dumps(result['value'])}  ({type(result['value']).__name__})")
-                print(f"  usage: {result['usage']}  finish: {result['finish_reason']}")
-            else:
+            except structq.JobFailed as exc:
                 ok = False
-                print(f"  FAILED {job['error']['code']}: {job['error']['message']}")
+                print(f"  FAILED {exc.code}: {exc.message}")
+            else:
+                result = job.record.result
+                assert result is not None
+                print(f"  text : {result.text!r}")
+                print(f"  value: {json.dumps(value)}  ({type(value).__name__})")
+                print(f"  usage: {result.usage}  finish: {result.finish_reason}")
         ok = _openai_clients(stack.api_url) and ok
     print("\nAll seed examples succeeded." if ok else "\nSome seed examples did not succeed.")
     return 0 if ok else 1

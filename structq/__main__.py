@@ -1,0 +1,5 @@
+"""``python -m structq``: the ``structq`` command line (structq.cli)."""
+
+from structq.cli import main
+
+main()
