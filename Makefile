@@ -35,7 +35,7 @@ worker: setup
 gateway: setup
 	$(PY) -m api
 
-## ruff, and mypy (strict on shared/ and worker/; see pyproject.toml).
+## ruff, and mypy (strict on shared/, worker/ and structq/; see pyproject.toml).
 lint: setup
 	$(PY) -m ruff check api worker shared structq scripts tests bench
 	$(PY) -m ruff format --check api worker shared structq scripts tests bench
