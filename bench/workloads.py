@@ -158,7 +158,9 @@ def choice_jobs(n: int) -> list[Body]:
         {
             "prompt": f"Review {i}: the soup was cold. Sentiment:",
             "output_type": {"type": "choice", "choices": _SENTIMENT},
-            "sampling": {"max_tokens": 8},
+            # Room for the longest label spelled a character a token, and the end: the
+            # near-free engine's random weights sometimes take that path (8 failed 1 in 20).
+            "sampling": {"max_tokens": 16},
         }
         for i in range(n)
     ]
