@@ -518,12 +518,7 @@ def wait(job_id: str, timeout: float | None) -> None:
 @json_option
 def cancel(job_id: str) -> None:
     """Cancel a queued or running job."""
-    state = _state()
-    job = state.client().job(job_id).cancel()
-    if state.json:
-        _emit_json(_record_json(job.record))
-    else:
-        click.echo(f"{job.id} {job.status.value}")
+    _acted(_state(), lambda client: client.job(job_id).cancel())
 
 
 @cli.command()
@@ -531,8 +526,12 @@ def cancel(job_id: str) -> None:
 @json_option
 def retry(job_id: str) -> None:
     """Queue a failed, cancelled or expired job again (same id)."""
-    state = _state()
-    job = state.client().job(job_id).retry()
+    _acted(_state(), lambda client: client.job(job_id).retry())
+
+
+def _acted(state: State, act: Callable[[Client], Job]) -> None:
+    """Print the job an action on it left (--json: its record), or its id and status."""
+    job = act(state.client())
     if state.json:
         _emit_json(_record_json(job.record))
     else:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import structq
+from tests.e2e.test_client import jobs_of_run
 
 pytestmark = pytest.mark.e2e
 
@@ -63,19 +64,9 @@ def test_get_a_missing_job_exits_4(stack):
 
 
 def _jobs_of_run(stack: Any, run: str) -> dict[str, str]:
-    """Job ids by prompt of every job tagged ``run`` (every page of ``GET /v1/jobs``)."""
-    found: dict[str, str] = {}
+    """Job ids by prompt of every job tagged ``run``."""
     with structq.Client(stack.api_url, timeout=60) as client:
-        cursor = None
-        while True:
-            page = client.list_jobs(limit=200, cursor=cursor)
-            for job in page.jobs:
-                if job.metadata.get("run") == run:
-                    assert job.prompt is not None and job.prompt not in found, "a duplicate job"
-                    found[job.prompt] = job.id
-            if page.next_cursor is None:
-                return found
-            cursor = page.next_cursor
+        return jobs_of_run(client, run)
 
 
 def _lines(path: Path) -> list[str]:

@@ -165,7 +165,7 @@ def test_map_resumes_an_interrupted_run_without_duplicates(client):
 
     with pytest.raises(Interrupted):
         client.map(prompts, on_result=crash_after_50, **options)
-    first = _jobs_of_run(client, run)
+    first = jobs_of_run(client, run)
     assert 50 <= len(first) < 200, len(first)  # interrupted midway: not everything submitted
 
     items = client.map(prompts, return_items=True, **options)
@@ -177,12 +177,12 @@ def test_map_resumes_an_interrupted_run_without_duplicates(client):
         assert item.job.prompt == item.input and item.value == item.job.result.text
         if item.input in first:  # submitted by the first run: the same job
             assert item.job_id == first[item.input] and item.resumed
-    jobs = _jobs_of_run(client, run)
+    jobs = jobs_of_run(client, run)
     assert len(jobs) == 200  # exactly one job per input
     assert {item.job_id for item in items} == set(jobs.values())
 
 
-def _jobs_of_run(client: structq.Client, run: str) -> dict[str, str]:
+def jobs_of_run(client: structq.Client, run: str) -> dict[str, str]:
     """Job ids by prompt, of every job tagged with ``run`` (every page of ``GET /v1/jobs``)."""
     found: dict[str, str] = {}
     cursor = None
