@@ -77,6 +77,7 @@ class _Child:
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
+        self.metrics_url = ""  # a worker's: where it serves its Prometheus metrics
         self._log_file = log_path.open("ab")
         self.proc = subprocess.Popen(
             argv,
@@ -297,6 +298,7 @@ class Stack:
         self.replica_port = 0
         self.sentinel_ports: list[int] = []
         self.worker_metrics_url = ""
+        self.worker_ready_s = 0.0
         self.webhooks_metrics_url = ""
 
     # -- lifecycle ------------------------------------------------------------------
@@ -428,19 +430,28 @@ class Stack:
         _log(f"worker (pid {worker.proc.pid}) exited with {code} after signal {sig}")
         return code
 
-    def start_worker(self, env: Mapping[str, str] | None = None) -> _Child:
+    def start_worker(
+        self, env: Mapping[str, str] | None = None, name: str = "worker", wait: bool = True
+    ) -> _Child:
+        """A worker with ``env`` on top of the stack's; ready (announced) when it returns, unless
+        ``wait`` is False. ``name`` other than "worker" starts one more worker beside the stack's
+        own (another pool, or a second worker of a pool): it logs to ``<name>.log``, is stopped
+        with the stack, and ``self.worker`` stays the stack's own."""
         started = time.monotonic()
         env = {**self.env(), **_metrics_port(), **(env or {})}
-        self.worker_metrics_url = f"http://127.0.0.1:{env['STRUCTQ_METRICS_PORT']}/metrics"
-        self.worker = _Child(
-            "worker", [sys.executable, "-m", "worker"], env, self.workdir / "worker.log"
-        )
-        self._children.append(self.worker)
-        _log(f"worker starting (pid {self.worker.proc.pid}); log: {self.worker.log_path}")
-        self.wait_worker_ready(self.worker)
-        self.worker_ready_s = time.monotonic() - started
-        _log(f"worker ready in {self.worker_ready_s:.1f}s")
-        return self.worker
+        child = _Child("worker", [sys.executable, "-m", "worker"], env, self.workdir / f"{name}.log")
+        child.metrics_url = f"http://127.0.0.1:{env['STRUCTQ_METRICS_PORT']}/metrics"
+        self._children.append(child)
+        if name == "worker":
+            self.worker, self.worker_metrics_url = child, child.metrics_url
+        _log(f"{name} starting (pid {child.proc.pid}); log: {child.log_path}")
+        if wait:
+            self.wait_worker_ready(child)
+            ready_s = time.monotonic() - started
+            if name == "worker":
+                self.worker_ready_s = ready_s
+            _log(f"{name} ready in {ready_s:.1f}s")
+        return child
 
     def wait_worker_ready(self, worker: _Child) -> WorkerAnnouncement:
         client = sync_client(self.redis_url)
