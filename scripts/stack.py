@@ -439,7 +439,9 @@ class Stack:
         with the stack, and ``self.worker`` stays the stack's own."""
         started = time.monotonic()
         env = {**self.env(), **_metrics_port(), **(env or {})}
-        child = _Child("worker", [sys.executable, "-m", "worker"], env, self.workdir / f"{name}.log")
+        child = _Child(
+            "worker", [sys.executable, "-m", "worker"], env, self.workdir / f"{name}.log"
+        )
         child.metrics_url = f"http://127.0.0.1:{env['STRUCTQ_METRICS_PORT']}/metrics"
         self._children.append(child)
         if name == "worker":
