@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from api.auth import Caller
 from api.compile_check import CompileChecker
 from api.errors import QueueFull, SpecTooLarge, TooManyQueued, invalid_field
+from api.models import ModelDirectory
 from api.settings import ApiSettings
 from api.spec_limits import check_spec
 from api.tokens import PromptCounter
@@ -27,11 +28,13 @@ __all__ = ["Admission", "check_caps", "refusal"]
 
 @dataclass
 class Admission:
-    """What the gateway checks a job's content with beyond its schema: each model's prompt
-    counter (when the gateway has its tokenizer) and the compile checker."""
+    """What the gateway checks a job's content with beyond its schema: which pool serves its
+    model, each model's prompt counter (when the gateway has its tokenizer) and the compile
+    checker."""
 
     counters: dict[str, PromptCounter] = field(default_factory=dict)
     checker: CompileChecker | None = None
+    models: ModelDirectory | None = None
 
     @classmethod
     def from_settings(cls, settings: ApiSettings, redis: aioredis.Redis | None = None) -> Admission:
@@ -49,7 +52,7 @@ class Admission:
                 settings.compile_workers,
                 redis,
             )
-        return cls(counters, checker)
+        return cls(counters, checker, ModelDirectory(settings, redis))
 
     async def check(
         self, body: JobCreate, model: str, settings: ApiSettings, fit_max_tokens: bool

@@ -165,7 +165,7 @@ def answer(
         status = failure.http_status
         body = {"error": openai_error(status, failure.message, failure.code)}
         return False, _line(custom_id, _response(status, request_id, body), _job_error(job))
-    model = done[0].model
+    model = done[0].served_name
     if endpoint == "/v1/chat/completions":
         rid = "chatcmpl-" + request_id.replace("-", "")
         body = chat_response(rid, model, outcomes, n)

@@ -21,6 +21,7 @@ from api import metrics
 from api.admission import Admission, check_caps, refusal
 from api.auth import Caller
 from api.errors import invalid_field, validation_detail
+from api.models import ModelDirectory
 from api.settings import ApiSettings
 from shared import lifecycle, logs
 from shared.async_store import AsyncJobStore
@@ -72,13 +73,10 @@ async def prepare(
             f"max_tokens {body.sampling.max_tokens} is above this deployment's limit "
             f"of {settings.max_tokens_limit}",
         )
-    model = body.model or settings.model
-    if model not in settings.models:
-        raise invalid_field(
-            ("body", "model"), f"unknown model {model!r}; served: {', '.join(settings.models)}"
-        )
+    models = admission.models if admission is not None else None
+    route = await (models or ModelDirectory(settings, None)).route(body.model)
     if admission is not None:
-        body = await admission.check(body, model, settings, fit_max_tokens)
+        body = await admission.check(body, route.model, settings, fit_max_tokens)
     if body.webhook is not None:
         try:
             await asyncio.to_thread(
@@ -98,7 +96,8 @@ async def prepare(
         **{
             **_JOB_DEFAULTS,
             **fields,
-            "model": model,
+            "model": route.model,
+            "adapter": route.adapter,
             "deadline": deadline,
             "id": str(uuid.uuid4()),
             "created_at": now,

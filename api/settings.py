@@ -40,7 +40,13 @@ class ApiSettings(CommonSettings):
     extra_models: list[str] = Field(
         default_factory=list,
         description="More served model names the gateway accepts beside STRUCTQ_MODEL "
-        "(JSON list), each routed to its own queue.",
+        "(JSON list), each routed to its own queue: one worker pool per model.",
+    )
+    adapter_ttl_s: float = Field(
+        7 * 86_400,
+        gt=0,
+        description="How long after a worker last announced a LoRA adapter the gateway still "
+        "routes jobs asking for it to its pool (whose workers may be scaled to zero).",
     )
 
     idempotency_ttl_s: int = Field(

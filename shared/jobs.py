@@ -242,7 +242,12 @@ class Job(JobCreate):
     """The stored record: the request plus everything that happened to it."""
 
     id: str
-    model: str  # resolved at submit time: never None once stored
+    model: str  # resolved at submit time: never None once stored; the pool's (base) model
+    adapter: str | None = Field(
+        None,
+        description="The LoRA adapter the job runs with, when its `model` named one: `model` "
+        "is then the adapter's base model, whose pool runs it.",
+    )
     status: JobStatus = JobStatus.QUEUED
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -264,6 +269,11 @@ class Job(JobCreate):
     def _one_deadline(self) -> Self:
         # Stored, `deadline` is resolved: set from `timeout_s` when the client gave that.
         return self
+
+    @property
+    def served_name(self) -> str:
+        """The name the client asked for: the adapter's, or the model's."""
+        return self.adapter or self.model
 
     def deadline_ts(self) -> float | None:
         return None if self.deadline is None else self.deadline.timestamp()

@@ -9,6 +9,7 @@ the names they touch from here, as keys or prefixes, and build none themselves.
 from __future__ import annotations
 
 __all__ = [
+    "ADAPTERS",
     "BATCHES_ACTIVE",
     "BATCHES_INDEX_PREFIX",
     "BATCH_CUSTOM_IDS_PREFIX",
@@ -137,6 +138,10 @@ WORKER_PREFIX = "structq:worker:"
 # so readers find the workers without scanning the keyspace. Members whose announcement
 # expired and whose ledger is empty are dropped by the janitor.
 WORKERS_INDEX = "structq:workers"
+# Hash: every LoRA adapter a worker announced, by name: ``shared.records.AdapterRecord`` JSON
+# (its base model, folder, when last announced). Kept beyond its workers' lives, so the gateway
+# still routes an adapter's jobs to its pool's queue while the pool is scaled to zero.
+ADAPTERS = "structq:adapters"
 # Hash per worker, ``<prefix><worker id>``: job id -> run token of every job it has claimed
 # and not yet finished. Kept by the same scripts that claim and finish jobs, so a running job
 # is always in its worker's ledger; the janitor reads a dead worker's to re-queue its jobs.

@@ -11,7 +11,12 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.jobs import BatchWebhookEvent, WebhookEvent
 
-__all__ = ["WebhookDelivery", "WebhookWorkerAnnouncement", "WorkerAnnouncement"]
+__all__ = [
+    "AdapterRecord",
+    "WebhookDelivery",
+    "WebhookWorkerAnnouncement",
+    "WorkerAnnouncement",
+]
 
 
 class _Record(BaseModel):
@@ -28,8 +33,20 @@ class WorkerAnnouncement(_Record):
     model: str
     queue: str
     max_model_len: int | None = None
+    # The LoRA adapters it serves beside its model (STRUCTQ_LORA_MODULES): name -> folder.
+    adapters: dict[str, str] = {}
     pid: int
     ready_at: datetime
+
+
+class AdapterRecord(_Record):
+    """A LoRA adapter, as its workers announce it (``shared.keys.ADAPTERS``): the base model
+    whose pool serves it, its folder there, and when a worker last announced it (epoch s).
+    Written by the workers with every heartbeat, read by the gateway to route jobs."""
+
+    parent: str
+    root: str
+    seen: float
 
 
 class WebhookDelivery(_Record):

@@ -121,8 +121,11 @@ def load_settings(cls: type[_S]) -> _S:
         return cls()
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
+        # A check across settings has no location: its message names the settings itself.
         lines = [
             f"  {prefix}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"  {err['msg']}"
             for err in exc.errors()
         ]
         sys.exit("structq: invalid settings:\n" + "\n".join(lines))

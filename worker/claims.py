@@ -67,7 +67,7 @@ def engine_request(
     except Exception as exc:  # e.g. the chat template refuses the chat
         log.exception("job %s could not be prepared", job.id)
         return Done(request_id, None, InternalFailure(f"{type(exc).__name__}: {exc}"))
-    return Request(request_id, prompt, params, on_delta)
+    return Request(request_id, prompt, params, on_delta, job.adapter)
 
 
 def run_limit(job: Job, max_run_s: float) -> float:

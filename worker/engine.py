@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from worker.engine_args import engine_kwargs
 from worker.engine_types import AbortReason, Done, Request
 
 if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
     from vllm.v1.engine.llm_engine import LLMEngine
 
     from worker.settings import WorkerSettings
@@ -62,8 +63,10 @@ class Engine:
         llm: LLMEngine,
         on_dead: Callable[[BaseException], None],
         on_done: Callable[[], None] = lambda: None,
+        adapters: Mapping[str, LoRARequest] | None = None,
     ) -> None:
         self._llm = llm
+        self._adapters = dict(adapters or {})
         self._on_dead = on_dead
         self._on_done = on_done
         self._tokenizer = llm.get_tokenizer()
@@ -88,6 +91,7 @@ class Engine:
         on_done: Callable[[], None] = lambda: None,
     ) -> Engine:
         from vllm.engine.arg_utils import EngineArgs
+        from vllm.lora.request import LoRARequest
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -99,7 +103,16 @@ class Engine:
         # The batch-size defaults of vLLM's offline LLM class (throughput-oriented; on CPU 256
         # sequences, 4096 tokens a step), so the worker and the raw-vLLM baseline match.
         llm = LLMEngine.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
-        return cls(llm, on_dead, on_done)
+        adapters = {
+            name: LoRARequest(name, number, str(folder))
+            for number, (name, folder) in enumerate(sorted(settings.lora_modules.items()), 1)
+        }
+        for adapter in adapters.values():
+            # Loaded now, so a broken adapter stops the worker at start rather than failing
+            # its first jobs (it stays in vLLM's CPU-side cache of max_cpu_loras adapters).
+            log.info("loading LoRA adapter %s from %s", adapter.lora_name, adapter.lora_path)
+            llm.add_lora(adapter)
+        return cls(llm, on_dead, on_done, adapters)
 
     @property
     def steps(self) -> int:
@@ -190,9 +203,15 @@ class Engine:
                 self._abort(item)
             else:
                 for req in item:
+                    adapter = None
+                    if req.adapter is not None:
+                        adapter = self._adapters.get(req.adapter)
+                        if adapter is None:
+                            self._finished(Done(req.request_id, None, self._unknown(req.adapter)))
+                            continue
                     try:
                         req.internal_id = self._llm.add_request(
-                            req.request_id, req.prompt, req.params
+                            req.request_id, req.prompt, req.params, lora_request=adapter
                         )
                     except (VLLMClientError, ValueError, TypeError) as exc:
                         self._finished(Done(req.request_id, None, EngineRejected(str(exc))))
@@ -203,6 +222,13 @@ class Engine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _unknown(self, adapter: str) -> EngineRejected:
+        served = ", ".join(sorted(self._adapters)) or "none"
+        return EngineRejected(
+            f"the LoRA adapter {adapter!r} is not served by this worker (its adapters: {served}; "
+            "every worker of a pool must declare the same STRUCTQ_LORA_MODULES)"
+        )
 
     def _abort(self, abort: _Abort) -> None:
         if abort.request_id is None:

@@ -56,6 +56,7 @@ class Request:
     prompt: str
     params: SamplingParams
     on_delta: Callable[[str], None] | None = None
+    adapter: str | None = None  # the LoRA adapter to run it with (None: the base model)
     # Kept by the engine thread:
     internal_id: str = ""
     submitted: float = field(default_factory=time.perf_counter)

@@ -1,10 +1,12 @@
 """The worker's announcement: a Redis key with a TTL, renewed while the engine is up.
 
-It says which model and queue this worker serves (``shared.records.WorkerAnnouncement``); it
-exists only once the engine has loaded and vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker
-dying, so readiness checks (tests, the demo, probes), the served-model list and the janitor can
-rely on it. After Redis comes back from an outage it is written again within a few seconds
-(redis-py's own retries, then a new try every half second).
+It says which model, adapters and queue this worker serves
+(``shared.records.WorkerAnnouncement``); it exists only once the engine has loaded and
+vanishes within STRUCTQ_HEARTBEAT_TTL_S of the worker dying, so readiness checks (tests, the
+demo, probes), the served-model list and the janitor can rely on it. Its adapters are also
+recorded for longer (``shared.keys.ADAPTERS``, with each beat), so the gateway routes their
+jobs while the pool has no worker. After Redis comes back from an outage it is written again
+within a few seconds (redis-py's own retries, then a new try every half second).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import time
 import redis
 
 from shared.jobs import utcnow
-from shared.keys import WORKERS_INDEX, queue_name, worker_key
-from shared.records import WorkerAnnouncement
+from shared.keys import ADAPTERS, WORKERS_INDEX, queue_name, worker_key
+from shared.records import AdapterRecord, WorkerAnnouncement
 from worker.settings import WorkerSettings
 
 __all__ = ["Heartbeat"]
@@ -41,9 +43,12 @@ class Heartbeat:
             model=settings.model,
             queue=queue_name(settings.model),
             max_model_len=settings.max_model_len,
+            adapters={name: str(folder) for name, folder in settings.lora_modules.items()},
             pid=os.getpid(),
             ready_at=utcnow(),
         ).model_dump_json()
+        self._model = settings.model
+        self._adapters = {name: str(folder) for name, folder in settings.lora_modules.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="structq-heartbeat", daemon=True)
 
@@ -65,6 +70,13 @@ class Heartbeat:
         with self._redis.pipeline() as pipe:
             pipe.set(self._key, self._value, px=self._ttl_ms)
             pipe.zadd(WORKERS_INDEX, {self._worker_id: int(time.time() * 1000) + self._ttl_ms})
+            if self._adapters:
+                now = time.time()
+                records = {
+                    name: AdapterRecord(parent=self._model, root=root, seen=now).model_dump_json()
+                    for name, root in self._adapters.items()
+                }
+                pipe.hset(ADAPTERS, mapping=records)  # type: ignore[arg-type]
             pipe.execute()
 
     def _beat(self) -> None:

@@ -6,7 +6,7 @@ import os
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
@@ -96,6 +96,48 @@ class WorkerSettings(CommonSettings):
         "it is named outright because vLLM allows STRUCTQ_JSON_COMPACT only with xgrammar "
         "or guidance.",
     )
+
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More of vLLM's engine arguments (JSON object of `EngineArgs` fields, the "
+        "keywords of `vllm.LLM`), merged over structq's own: e.g. "
+        '`{"tensor_parallel_size": 2, "quantization": "awq"}`. Checked at start against the '
+        "installed vLLM: an unknown or badly typed field stops the worker. See docs/models.md.",
+    )
+    lora_modules: dict[str, Path] = Field(
+        default_factory=dict,
+        description="LoRA adapters this worker serves beside its model (JSON object: name -> "
+        "local PEFT adapter folder), asked for by `model` = name. Every worker of a pool must "
+        "declare the same ones. See docs/models.md.",
+    )
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            from worker.engine_args import check_engine_args
+
+            check_engine_args(value)
+        return value
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _readable_adapters(cls, value: dict[str, Path]) -> dict[str, Path]:
+        from worker.adapters import check_adapter_folders
+
+        return check_adapter_folders(value)
+
+    @model_validator(mode="after")
+    def _adapters_fit_the_engine(self) -> Self:
+        from worker.adapters import check_lora_limits
+
+        if self.model in self.lora_modules:
+            raise ValueError(
+                f"STRUCTQ_LORA_MODULES: the adapter name {self.model!r} is the pool's model "
+                "name (STRUCTQ_MODEL); give the adapter another"
+            )
+        check_lora_limits(self.lora_modules, self.engine_args)
+        return self
 
     @model_validator(mode="after")
     def _compact_needs_backend(self) -> Self:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import redis.exceptions
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -25,17 +23,15 @@ from fastapi.responses import JSONResponse
 from api import service, waiting
 from api.auth import Caller
 from api.deps import Gateway
-from api.errors import JobsInFlight, ModelNotFound, openai_error_response
+from api.errors import JobsInFlight, openai_error_response
 from api.openai.requests import ChatRequest, CompletionRequest, chat_jobs, completion_jobs
 from api.openai.responses import ChunkKind, chat_response, completion_response, outcome
 from api.openai.streaming import JobStream, sse
-from api.settings import ApiSettings
 from api.waiters import CompletionWaiters
 from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic
-from shared.workers import live_workers
 
-__all__ = ["complete", "served_models"]
+__all__ = ["complete"]
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +39,6 @@ log = logging.getLogger(__name__)
 _GRACE_S = 5.0
 # How often a waiting request checks whether its client is still there.
 _DISCONNECT_CHECK_S = 1.0
-
-
-async def served_models(client: aioredis.Redis) -> dict[str, dict[str, Any]]:
-    """The models running workers announce (their heartbeat keys), with a worker count."""
-    models: dict[str, dict[str, Any]] = {}
-    for worker in await live_workers(client):
-        ready = int(worker.ready_at.timestamp())
-        card = models.setdefault(
-            worker.model,
-            {
-                "id": worker.model,
-                "object": "model",
-                "created": ready,
-                "owned_by": "structq",
-                "root": worker.model,
-                "max_model_len": worker.max_model_len,
-                "workers": 0,
-            },
-        )
-        card["workers"] += 1
-        card["created"] = min(card["created"], ready)
-    return models
-
-
-def _resolve_model(body: ChatRequest | CompletionRequest, settings: ApiSettings) -> None:
-    body.model = body.model or settings.model
-    if body.model not in settings.models:
-        raise ModelNotFound(
-            f"The model `{body.model}` does not exist; served: {', '.join(settings.models)}",
-            param="model",
-        )
 
 
 async def complete(
@@ -86,7 +51,10 @@ async def complete(
     response once they finished, their tokens as server-sent events, or the error."""
     settings, store, waiters = gateway.settings, gateway.store, gateway.waiters
     kind: ChunkKind = "chat" if isinstance(body, ChatRequest) else "completion"
-    _resolve_model(body, settings)
+    # An unknown model is a 404 before any of the request's jobs is built.
+    body.model = body.model or settings.model
+    if gateway.admission.models is not None:
+        await gateway.admission.models.route(body.model)
     if isinstance(body, ChatRequest):
         jobs = chat_jobs(body, settings.max_tokens_limit, settings.openai_wait_s)
     else:

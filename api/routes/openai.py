@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from api.auth import CallerDep, authenticate
 from api.deps import GatewayDep
 from api.errors import ModelNotFound
+from api.models import model_cards
 from api.openai import service
 from api.openai.requests import ChatRequest, CompletionRequest
 
@@ -22,16 +23,17 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(authenti
 
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The models the worker pool serves now, as running workers announce them. A model whose
-    pool is scaled to zero is not listed, but still takes jobs (STRUCTQ_MODEL and
-    STRUCTQ_EXTRA_MODELS); they wait in its queue for a worker."""
-    models = await service.served_models(request.app.state.redis)
+    """The models the worker pools serve now, as running workers announce them: base models and
+    their LoRA adapters (with `parent`), each with its live worker count. A model whose pool is
+    scaled to zero is not listed, but still takes jobs (STRUCTQ_MODEL, STRUCTQ_EXTRA_MODELS,
+    and adapters announced within STRUCTQ_ADAPTER_TTL_S); they wait in its queue for a worker."""
+    models = await model_cards(request.app.state.redis)
     return {"object": "list", "data": [models[name] for name in sorted(models)]}
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
-    card = (await service.served_models(request.app.state.redis)).get(model)
+    card = (await model_cards(request.app.state.redis)).get(model)
     if card is None:
         raise ModelNotFound(f"The model `{model}` is not served now.", param="model")
     return card

@@ -53,7 +53,7 @@ def test_good_and_bad_bodies_get_their_own_answers_and_only_the_good_are_stored(
     assert response.status_code == 200, response.text
     body = response.json()
     assert [row["index"] for row in body["data"]] == list(range(len(jobs)))
-    assert [row["status"] for row in body["data"]] == [202, 422, 422, 422, 422, 202, 422]
+    assert [row["status"] for row in body["data"]] == [202, 422, 422, 422, 404, 202, 422]
     assert (body["submitted"], body["refused"]) == (2, 5)
     # Each refusal says what a single POST /v1/jobs of that body would have said.
     for index, row in enumerate(body["data"]):

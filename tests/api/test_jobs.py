@@ -102,7 +102,6 @@ BAD_BODIES = {
         {"prompt": "x", "sampling": {"max_tokens": 513}},
         "sampling.max_tokens: max_tokens 513 is above this deployment's limit of 512",
     ),
-    "unknown model": ({"prompt": "x", "model": "gpt-9"}, "model: unknown model 'gpt-9'"),
 }
 
 
