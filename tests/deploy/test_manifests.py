@@ -19,6 +19,8 @@ import yaml
 
 from api.settings import ApiSettings
 from shared.keys import queue_lists
+from worker.adapters import MAX_DEFAULT_LORAS
+from worker.engine_args import OWNED_ARGS
 from worker.settings import WebhookSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +189,8 @@ def test_worker_pools_drain_timeout_probes_gpu_and_the_queue_keda_watches(folder
             )
         )
         assert pod["terminationGracePeriodSeconds"] == drain
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        # One per tensor/pipeline-parallel rank (STRUCTQ_ENGINE_ARGS): checked below.
+        assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
         assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
         for probe in ("startupProbe", "livenessProbe"):
             assert container[probe]["exec"]["command"] == ["python", "-m", "worker", "check"]
@@ -396,3 +399,257 @@ def test_the_ha_overlay_connects_everything_through_three_sentinels():
         addresses = [a.strip() for a in trigger["metadata"]["addresses"].split(",")]
         assert addresses == [f"{host}:{port}" for host, port in target.sentinels]
         assert trigger["metadata"]["sentinelMaster"] == target.service
+
+
+# -- every overlay, rendered: pools, their ScaledObjects, engine arguments, adapters ---------
+
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+FOLDERS = [K8S / "base", *OVERLAYS]
+
+
+def _json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    """Apply RFC 6902 `add`, `replace` and `remove` operations (what the overlays use)."""
+    for op in ops:
+        *parents, leaf = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"][1:].split("/")
+        ]
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            if op["op"] == "add":
+                node.insert(len(node) if leaf == "-" else int(leaf), op["value"])
+            elif op["op"] == "replace":
+                node[int(leaf)] = op["value"]
+            else:
+                assert op["op"] == "remove", op
+                del node[int(leaf)]
+        elif op["op"] == "remove":
+            del node[leaf]
+        else:
+            assert op["op"] in ("add", "replace"), op
+            assert op["op"] == "add" or leaf in node, f"replace of a missing {op['path']}"
+            node[leaf] = op["value"]
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    """A strategic-merge patch, as far as the overlays need it: maps merge key by key, lists of
+    named items merge by name, other values are replaced."""
+    for key, value in patch.items():
+        old = into.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            _merge(old, value)
+        elif (
+            isinstance(old, list)
+            and isinstance(value, list)
+            and all(isinstance(v, dict) and "name" in v for v in old + value)
+        ):
+            by_name = {item["name"]: item for item in old}
+            for item in value:
+                if item["name"] in by_name:
+                    _merge(by_name[item["name"]], item)
+                else:
+                    old.append(item)
+        else:
+            into[key] = value
+
+
+def _build(folder: Path) -> list[dict[str, Any]]:
+    """What `kustomize build folder` yields, for the features k8s/ uses (resources, patches by
+    file or inline JSON 6902, components, namespace); checked against kubectl when present."""
+    import copy
+
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for entry in [*spec.get("resources", []), *spec.get("components", [])]:
+        path = folder / entry
+        if path.is_dir():
+            docs += _build(path)
+        else:
+            docs += [copy.deepcopy(d) for d in _documents(path)]
+    for patch in spec.get("patches", []):
+        if "path" in patch:
+            for change in _documents(folder / patch["path"]):
+                target = next(
+                    d
+                    for d in docs
+                    if (d["kind"], d["metadata"]["name"])
+                    == (change["kind"], change["metadata"]["name"])
+                )
+                _merge(target, change)
+        else:
+            targets = [
+                d
+                for d in docs
+                if all(d.get(k, d["metadata"].get(k)) == v for k, v in patch["target"].items())
+            ]
+            assert targets, f"{folder}: patch target {patch['target']} matches nothing"
+            for target in targets:
+                _json_patch(target, yaml.safe_load(patch["patch"]))
+    if "namespace" in spec:
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                doc["metadata"]["namespace"] = spec["namespace"]
+    return docs
+
+
+BUILT = {folder: _build(folder) for folder in FOLDERS}
+
+
+def _folder_ids(folders) -> list[str]:
+    return [str(f.relative_to(K8S)) for f in folders]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_folder_ids(FOLDERS))
+def test_the_rendering_here_is_what_kustomize_builds(folder):
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl here (its `kustomize` checks this file's rendering)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    assert built == {(d["kind"], d["metadata"]["name"]): d for d in BUILT[folder]}
+
+
+RENDERED = [
+    (folder, doc)
+    for folder in OVERLAYS
+    for doc in BUILT[folder]
+    if doc["kind"] in ("Deployment", "ScaledObject", "ConfigMap")
+]
+
+
+@pytest.mark.parametrize(
+    ("folder", "doc"),
+    RENDERED,
+    ids=[f"{f.name}:{d['kind']}/{d['metadata']['name']}" for f, d in RENDERED],
+)
+def test_each_overlays_patched_objects_are_still_valid(folder, doc):
+    if doc["kind"] == "ScaledObject":
+        jsonschema.Draft7Validator(_crd_schema()).validate(doc)
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _pool_model(pool: dict[str, Any], config: dict[str, str]) -> str:
+    return _env(_pod(pool)["containers"][0], config)["STRUCTQ_MODEL"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_folder_ids(FOLDERS))
+def test_one_scaled_object_per_pool_each_on_its_own_models_queue(folder):
+    _check_pools(BUILT[folder])
+
+
+def test_the_pool_check_catches_a_shared_queue_and_a_second_scaled_object():
+    import copy
+
+    docs = copy.deepcopy(BUILT[K8S / "overlays" / "second-model"])
+    qwen = next(d for d in _by_kind("ScaledObject", docs) if d["metadata"]["name"] == "worker-qwen")
+    for trigger, name in zip(
+        qwen["spec"]["triggers"], queue_lists("SmolLM2-135M-Instruct"), strict=True
+    ):
+        trigger["metadata"]["listName"] = name
+    with pytest.raises(AssertionError, match="worker-qwen"):
+        _check_pools(docs)
+    docs = copy.deepcopy(BUILT[K8S / "overlays" / "second-model"])
+    docs.append(copy.deepcopy(_by_kind("ScaledObject", docs)[0]))
+    with pytest.raises(AssertionError, match="exactly one ScaledObject"):
+        _check_pools(docs)
+
+
+def _check_pools(docs: list[dict[str, Any]]) -> None:
+    """Each worker Deployment (pool) has exactly one ScaledObject, scaling on the lists of its
+    own model's queue; no two pools share a model; the gateway takes exactly the pools' models."""
+    config = _config(docs)
+    pools = {p["metadata"]["name"]: p for p in _workers(docs)}
+    scaled = _by_kind("ScaledObject", docs)
+    assert pools
+    targets = [s["spec"]["scaleTargetRef"]["name"] for s in scaled]
+    assert sorted(targets) == sorted(pools), "each worker Deployment needs exactly one ScaledObject"
+    models = [_pool_model(p, config) for p in pools.values()]
+    assert len(set(models)) == len(models), "two pools serve one model (they would share a queue)"
+    for scaled_object in scaled:
+        pool = pools[scaled_object["spec"]["scaleTargetRef"]["name"]]
+        model = _pool_model(pool, config)
+        assert pool["metadata"]["labels"]["structq.dev/model"] == model
+        watched = [t["metadata"]["listName"] for t in scaled_object["spec"]["triggers"]]
+        assert watched == queue_lists(model), scaled_object["metadata"]["name"]
+    # The gateway accepts exactly the models that have a pool.
+    gateway = set(ApiSettings(insecure_no_auth=True, **_settings_fields(config)).models)
+    assert gateway == set(models)
+    pod_selectors = [
+        tuple(sorted(p["spec"]["selector"]["matchLabels"].items())) for p in pools.values()
+    ]
+    assert len(set(pod_selectors)) == len(pod_selectors), "two pools select each other's pods"
+
+
+def _settings_fields(config: dict[str, str]) -> dict[str, Any]:
+    """The gateway's model settings out of the ConfigMap, parsed as the gateway parses them."""
+    fields: dict[str, Any] = {"model": config["STRUCTQ_MODEL"]}
+    if "STRUCTQ_EXTRA_MODELS" in config:
+        fields["extra_models"] = json.loads(config["STRUCTQ_EXTRA_MODELS"])
+    return fields
+
+
+@pytest.mark.parametrize("folder", OVERLAYS, ids=_folder_ids(OVERLAYS))
+def test_settings_names_in_each_rendered_overlay_are_ones_the_settings_read(folder):
+    known = _setting_names()
+    for doc in BUILT[folder]:
+        names = set(doc.get("data", {})) | set(doc.get("stringData", {}))
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            names |= {e["name"] for c in _pod(doc)["containers"] for e in c.get("env", [])}
+        for name in names:
+            if name.startswith("STRUCTQ_"):
+                assert name in known, f"{folder.name}: {doc['metadata']['name']}: {name}"
+
+
+def _check_engine_args(engine_args: dict[str, Any]) -> None:
+    """The worker's own start-up check of STRUCTQ_ENGINE_ARGS, against the installed vLLM's
+    EngineArgs (vllm is in the worker's extras only)."""
+    pytest.importorskip("vllm")
+    from worker.engine_args import check_engine_args
+
+    check_engine_args(engine_args)
+
+
+POOLS = [(folder, pool) for folder in FOLDERS for pool in _workers(BUILT[folder])]
+
+
+@pytest.mark.parametrize(
+    ("folder", "pool"),
+    POOLS,
+    ids=[f"{f.name}:{p['metadata']['name']}" for f, p in POOLS],
+)
+def test_each_pools_engine_arguments_and_adapters(folder, pool):
+    docs = BUILT[folder]
+    config = _config(docs)
+    container = _pod(pool)["containers"][0]
+    env = _env(container, config)
+    engine_args = json.loads(env.get("STRUCTQ_ENGINE_ARGS", "{}"))
+    adapters = json.loads(env.get("STRUCTQ_LORA_MODULES", "{}"))
+    assert isinstance(engine_args, dict) and isinstance(adapters, dict)
+    for key in OWNED_ARGS:
+        assert key not in engine_args, f"{key} is structq's: {OWNED_ARGS[key]}"
+    # One GPU per tensor- and pipeline-parallel rank, all in the pod.
+    ranks = engine_args.get("tensor_parallel_size", 1) * engine_args.get(
+        "pipeline_parallel_size", 1
+    )
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == ranks
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    models = {_pool_model(p, config) for p in _workers(docs)}
+    for name, path in adapters.items():
+        assert name not in models, f"adapter {name} has a pool model's name"
+        assert path.startswith(tuple(f"{m}/" for m in mounts)), f"{name}: {path} is not mounted"
+    if adapters:
+        default = min(len(adapters), MAX_DEFAULT_LORAS)
+        assert 1 <= engine_args.get("max_loras", default) <= len(adapters)
+        assert engine_args.get("max_cpu_loras", len(adapters)) >= engine_args.get("max_loras", 1)
+    else:
+        assert not {"enable_lora", "max_loras", "max_lora_rank"} & set(engine_args)
+    if engine_args:
+        _check_engine_args(engine_args)
