@@ -47,7 +47,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -c "import vllm, celery, fastapi, outlines_core, tokenizers, llguidance" \
     || { echo "setup: the install is incomplete" >&2; exit 1; }
   case ",$EXTRAS," in
-    *,dev,*) "$VENV/bin/python" -c "import openai, outlines, schemathesis, kubernetes_validate, yaml, boto3, moto" \
+    *,dev,*) "$VENV/bin/python" -c "import openai, outlines, schemathesis, kubernetes_validate, yaml, boto3, moto, peft" \
       || { echo "setup: the dev tools are incomplete" >&2; exit 1; } ;;
   esac
   echo "$want" > "$stamp"

@@ -988,7 +988,8 @@ def batch_list(limit: int) -> None:
 @cli.command()
 @json_option
 def models() -> None:
-    """The models running workers serve now, with their worker counts."""
+    """The models running workers serve now (LoRA adapters with their base model as PARENT),
+    with their worker counts."""
     state = _state()
     data = _api(state.client(), "GET", "/v1/models")
     if state.json:
@@ -999,8 +1000,16 @@ def models() -> None:
         click.echo("no model is served by a running worker now", err=True)
         return
     _table(
-        ["MODEL", "WORKERS", "MAX_MODEL_LEN"],
-        [[c["id"], str(c.get("workers", "")), str(c.get("max_model_len", ""))] for c in cards],
+        ["MODEL", "PARENT", "WORKERS", "MAX_MODEL_LEN"],
+        [
+            [
+                c["id"],
+                c.get("parent") or "-",
+                str(c.get("workers", "")),
+                str(c.get("max_model_len", "")),
+            ]
+            for c in cards
+        ],
     )
 
 
@@ -1011,7 +1020,8 @@ def workers() -> None:
     worker, so this is /v1/models' counts)."""
     state = _state()
     cards = _api(state.client(), "GET", "/v1/models").get("data", [])
-    counts = {c["id"]: int(c.get("workers", 0)) for c in cards}
+    # Base models only: an adapter's card counts the workers of its parent's pool again.
+    counts = {c["id"]: int(c.get("workers", 0)) for c in cards if not c.get("parent")}
     if state.json:
         _emit_json({"total": sum(counts.values()), "models": counts})
         return

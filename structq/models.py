@@ -85,6 +85,7 @@ class JobRecord(_Wire):
     id: str
     status: JobStatus
     model: str | None = None
+    adapter: str | None = None  # the LoRA adapter it ran with (`model` is then its base model)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     output_type: dict[str, Any] = Field(default_factory=dict)

@@ -6,6 +6,15 @@ A job asks for an adapter by ``model`` = its name (as with vLLM's server); the g
 to the base model's pool (``api.models``) and the engine runs it with the adapter's
 ``LoRARequest`` (``worker.engine``), in the same steps as the base model's jobs and other
 adapters' (vLLM's multi-LoRA batching, up to ``max_loras`` adapters a step).
+
+On CPU, vLLM 0.32's LoRA kernels (``vllm.lora.ops.torch_ops``) pick each token's adapter
+weights by its slot index, and a token without an adapter has index -1, which Python's indexing
+turns into the *last* slot: with every slot holding an adapter, base-model requests batched
+with adapter requests run with the last adapter's weights (seen here: the bundled model's
+answer changed; the fix, vllm-project/vllm pull request 48421, is not in 0.32.0). So on CPU
+structq keeps one slot more than the adapters, which stays empty
+(vLLM fills the first free slot; zero weights add nothing), and refuses a ``max_loras`` that
+would fill it.
 """
 
 from __future__ import annotations
@@ -72,20 +81,24 @@ def _allowed_ranks() -> list[int]:
     return sorted(get_args(MaxLoRARanks))
 
 
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def lora_engine_defaults(modules: Mapping[str, Path]) -> dict[str, Any]:
     """The engine arguments serving ``modules`` takes, before STRUCTQ_ENGINE_ARGS: LoRA on, a
-    slot per adapter (up to MAX_DEFAULT_LORAS), the smallest rank vLLM allows that holds the
-    largest adapter's."""
+    slot per adapter (up to MAX_DEFAULT_LORAS on a GPU; on CPU every adapter and the empty
+    slot the module's docstring explains), the smallest rank vLLM allows that holds the largest
+    adapter's."""
     if not modules:
         return {}
     largest = max(adapter_rank(folder) for folder in modules.values())
     allowed = _allowed_ranks()
     rank = next((r for r in allowed if r >= largest), allowed[-1])
-    return {
-        "enable_lora": True,
-        "max_loras": min(len(modules), MAX_DEFAULT_LORAS),
-        "max_lora_rank": rank,
-    }
+    slots = len(modules) + 1 if _on_cpu() else min(len(modules), MAX_DEFAULT_LORAS)
+    return {"enable_lora": True, "max_loras": slots, "max_lora_rank": rank}
 
 
 def check_lora_limits(modules: Mapping[str, Path], engine_args: Mapping[str, Any]) -> None:
@@ -97,6 +110,13 @@ def check_lora_limits(modules: Mapping[str, Path], engine_args: Mapping[str, Any
         raise ValueError(
             "STRUCTQ_LORA_MODULES declares adapters but STRUCTQ_ENGINE_ARGS sets enable_lora "
             "to false"
+        )
+    slots = engine_args.get("max_loras")
+    if isinstance(slots, int) and slots <= len(modules) and _on_cpu():
+        raise ValueError(
+            f"STRUCTQ_ENGINE_ARGS' max_loras {slots} must be more than the {len(modules)} "
+            "adapters on CPU: vLLM's CPU LoRA kernels give requests without an adapter the last "
+            "slot's weights, so that slot must stay empty (see worker/adapters.py)"
         )
     limit = engine_args.get("max_lora_rank")
     if limit is None:

@@ -395,13 +395,16 @@ def test_batch_download_wait_polls(invoke, gw, tmp_path):
 
 def test_models_and_workers(invoke, gw):
     cards = [
-        {"id": "a", "object": "model", "max_model_len": 2048, "workers": 2},
-        {"id": "b", "object": "model", "max_model_len": 4096, "workers": 1},
+        {"id": "a", "object": "model", "max_model_len": 2048, "workers": 2, "parent": None},
+        {"id": "b", "object": "model", "max_model_len": 4096, "workers": 1, "parent": None},
+        {"id": "a-lora", "object": "model", "max_model_len": 2048, "workers": 2, "parent": "a"},
     ]
     for _ in range(3):
         gw.can("/v1/models", 200, {"object": "list", "data": cards})
     models = invoke("models")
-    assert models.exit_code == 0 and models.stdout.splitlines()[1].split() == ["a", "2", "2048"]
+    lines = models.stdout.splitlines()
+    assert models.exit_code == 0 and lines[1].split() == ["a", "-", "2", "2048"]
+    assert lines[3].split() == ["a-lora", "a", "2", "2048"]
     workers = invoke("--json", "workers")
     assert json.loads(workers.stdout) == {"total": 3, "models": {"a": 2, "b": 1}}
     assert "3 workers running" in invoke("workers").stderr

@@ -4,6 +4,7 @@ gateway) shared by every end-to-end test of the session, and helpers to drive it
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from scripts.stack import Stack
+from tests.e2e.models import SMALL_MODEL
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 NO_WORKERS = "no-workers-model"
@@ -47,8 +49,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "STRUCTQ_MAX_ATTEMPTS": "2",
             # Lets a test submit a job that kills its worker (off in any real deployment).
             "STRUCTQ_FAULT_INJECTION": "true",
-            # A model no worker serves: its jobs stay queued for as long as a test needs.
-            "STRUCTQ_EXTRA_MODELS": f'["{NO_WORKERS}"]',
+            # A model no worker serves: its jobs stay queued for as long as a test needs; and
+            # the second pool's model (tests/e2e/test_pools.py starts its workers).
+            "STRUCTQ_EXTRA_MODELS": json.dumps([NO_WORKERS, SMALL_MODEL]),
             # A request of the OpenAI-compatible routes that outlives this times out (504).
             "STRUCTQ_OPENAI_WAIT_S": str(OPENAI_WAIT_S),
         },

@@ -127,16 +127,27 @@ def test_engine_arguments_pass_the_seeds_examples_and_win_over_structqs(tmp_path
     EngineArgs(**kwargs)
 
 
-def test_adapters_turn_lora_on_with_room_for_every_one(tmp_path):
+@pytest.mark.parametrize(("on_cpu", "slots"), [(False, 2), (True, 3)])
+def test_adapters_turn_lora_on_with_room_for_every_one(monkeypatch, tmp_path, on_cpu, slots):
+    from worker import adapters
+
+    monkeypatch.setattr(adapters, "_on_cpu", lambda: on_cpu)
     modules = {
         "small": _adapter(tmp_path / "small", 4),
         "big": _adapter(tmp_path / "big", 24),
     }
     kwargs = engine_args.engine_kwargs(WorkerSettings(lora_modules=modules), tmp_path)
-    assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 2, 32)
-    settings = WorkerSettings(lora_modules=modules, engine_args={"max_loras": 1})
-    assert engine_args.engine_kwargs(settings, tmp_path)["max_loras"] == 1
+    # On CPU one slot more, kept empty: requests without an adapter read the last slot there.
+    expected = (True, slots, 32)
+    assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == expected
+    settings = WorkerSettings(lora_modules=modules, engine_args={"max_loras": 4})
+    assert engine_args.engine_kwargs(settings, tmp_path)["max_loras"] == 4
     assert "enable_lora" not in engine_args.engine_kwargs(WorkerSettings(), tmp_path)
+    if on_cpu:
+        with pytest.raises(ValueError, match="max_loras 2 must be more than the 2 adapters"):
+            WorkerSettings(lora_modules=modules, engine_args={"max_loras": 2})
+    else:
+        WorkerSettings(lora_modules=modules, engine_args={"max_loras": 1})
 
 
 @pytest.mark.parametrize(
