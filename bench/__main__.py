@@ -11,12 +11,15 @@ measurement runs right before or after its structq twin (once the other engine i
 drift in the machine's speed over the run falls on both sides alike.
 4. The gateway alone (no worker) under ``wrk``, beside a bare FastAPI endpoint.
 5. One JSON Schema for 500 jobs, a new schema for each of 500 jobs, and plain text.
+6. Several pools: one gateway, two workers on two models at once, beside raw vLLM on each
+   model alone (``bench.pools``).
 
 Before them: the queue's ceiling on a near-free engine (``bench.ceiling``) and the Batch API
 end to end, a 20,000-line batch beside raw vLLM (``bench.batch``).
 
 Prints a table and writes every figure to ``bench/results/latest.json`` and a dated copy.
-Only one engine works at a time. ``--scale 0.02`` gives a quick smoke run.
+Only one engine works at a time, but in the several-pools section (two at once, by design).
+``--scale 0.02`` gives a quick smoke run.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from bench.batch import table as batch_table
 from bench.ceiling import run_ceiling
 from bench.ceiling import table as ceiling_table
 from bench.pairing import paired as _paired
+from bench.pools import PAIRS as POOL_PAIRS
+from bench.pools import POOL_JOBS, run_pools
+from bench.pools import table as pools_table
 from scripts.stack import Stack, free_port, start_redis
 from worker.settings import WorkerSettings
 
@@ -578,6 +584,11 @@ def main() -> None:
         action="store_true",
         help="only the Batch API section (about 10 minutes at --scale 1)",
     )
+    only.add_argument(
+        "--pools-only",
+        action="store_true",
+        help="only the several-pools section (two models behind one gateway; ~4 minutes)",
+    )
     parser.add_argument(
         "--batch-engine",
         choices=("both", *BATCH_ENGINES),
@@ -585,19 +596,26 @@ def main() -> None:
         help="the batch section's engines: the near-free one (20,000 lines), the bundled "
         "model (1,000 lines), or both",
     )
+    parser.add_argument(
+        "--pools-models",
+        choices=POOL_PAIRS,
+        default="bundled",
+        help="the several-pools section's two models: the bundled model and a 4-layer model of "
+        "its config, or two near-free models (a smoke run)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="structq-bench-"))
     plan = build_plan(args.scale)
     batch_engines = BATCH_ENGINES if args.batch_engine == "both" else (args.batch_engine,)
-    partial = args.ceiling_only or args.batch_only
-    phases = tqdm(total=1 if partial else 8, desc="bench", file=sys.stderr)
+    partial = args.ceiling_only or args.batch_only or args.pools_only
+    phases = tqdm(total=1 if partial else 9, desc="bench", file=sys.stderr)
     summary: dict[str, Any] = {}
-    if not args.batch_only:
+    if not partial or args.ceiling_only:
         phases.set_postfix_str("near-free engine")
         summary["ceiling"] = run_ceiling(workdir, _scaled(2000, args.scale, 16))
         phases.update(1)
-    if not args.ceiling_only:
+    if not partial or args.batch_only:
         phases.set_postfix_str("batches")
         # In a whole run the bundled model's part runs on the burst sections' engines.
         alone = tuple(e for e in batch_engines if partial or e != "bundled")
@@ -620,6 +638,12 @@ def main() -> None:
                 row["enqueue_vs_gateway_ratio"] = (
                     None if fill is None else fill / gateway["structq"]["requests_per_s"]
                 )
+    if not partial or args.pools_only:
+        # Last: two engines work at once here, each on its own model.
+        phases.set_postfix_str("several pools")
+        jobs = _scaled(POOL_JOBS, args.scale, 6)
+        summary["pools"] = run_pools(workdir, jobs, args.pools_models)
+        phases.update(1)
     phases.close()
 
     now = datetime.now(UTC)
@@ -648,6 +672,8 @@ def main() -> None:
         print("\n".join(batch_table(summary["batch"])))
     if not partial:
         print(table(summary))
+    if "pools" in summary:
+        print("\n".join(pools_table(summary["pools"])))
     print(f"figures: {args.results / 'latest.json'}")
 
 
