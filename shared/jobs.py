@@ -246,7 +246,10 @@ class Job(JobCreate):
     adapter: str | None = Field(
         None,
         description="The LoRA adapter the job runs with, when its `model` named one: `model` "
-        "is then the adapter's base model, whose pool runs it.",
+        "is then the adapter's base model, whose pool runs it. Absent otherwise.",
+        # Left out of a record without one, so workers and gateways older than this field
+        # (which refuse unknown fields) still read every job that names no adapter.
+        exclude_if=lambda value: value is None,
     )
     status: JobStatus = JobStatus.QUEUED
     created_at: datetime = Field(default_factory=utcnow)

@@ -81,11 +81,12 @@ def bind(**fields: str | None) -> Iterator[None]:
 
 
 def job_fields(job: Job) -> dict[str, str]:
-    """``extra=`` for a log line about ``job``: its id, model, worker and request id (those it
-    has)."""
+    """``extra=`` for a log line about ``job``: its id, model, adapter, worker and request id
+    (those it has)."""
     fields = {
         "job_id": job.id,
         "model": job.model,
+        "adapter": job.adapter,
         "worker": job.worker,
         "request_id": job.request_id,
     }

@@ -109,7 +109,8 @@ class Engine:
         }
         for adapter in adapters.values():
             # Loaded now, so a broken adapter stops the worker at start rather than failing
-            # its first jobs (it stays in vLLM's CPU-side cache of max_cpu_loras adapters).
+            # its first jobs (vLLM keeps up to max_cpu_loras of them loaded, and reloads one
+            # it evicted when a job asks for it).
             log.info("loading LoRA adapter %s from %s", adapter.lora_name, adapter.lora_path)
             llm.add_lora(adapter)
         return cls(llm, on_dead, on_done, adapters)

@@ -16,8 +16,10 @@ import logging
 import os
 import threading
 import time
+from typing import cast
 
 import redis
+from pydantic import ValidationError
 
 from shared.jobs import utcnow
 from shared.keys import ADAPTERS, WORKERS_INDEX, queue_name, worker_key
@@ -38,23 +40,45 @@ class Heartbeat:
         self._ttl_ms = max(1, int(settings.heartbeat_ttl_s * 1000))
         self._worker_id = settings.worker_id
         self._key = worker_key(settings.worker_id)
+        self._model = settings.model
+        self._adapters = {name: str(folder) for name, folder in settings.lora_modules.items()}
         self._value = WorkerAnnouncement(
             worker_id=settings.worker_id,
             model=settings.model,
             queue=queue_name(settings.model),
             max_model_len=settings.max_model_len,
-            adapters={name: str(folder) for name, folder in settings.lora_modules.items()},
+            adapters=self._adapters,
             pid=os.getpid(),
             ready_at=utcnow(),
         ).model_dump_json()
-        self._model = settings.model
-        self._adapters = {name: str(folder) for name, folder in settings.lora_modules.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="structq-heartbeat", daemon=True)
 
     def start(self) -> None:
+        self._forget_dropped_adapters()
         self._announce()
         self._thread.start()
+
+    def _forget_dropped_adapters(self) -> None:
+        """Take out of the adapter record (``shared.keys.ADAPTERS``) the adapters of this pool
+        that this worker no longer declares: the gateway then refuses their jobs (404) rather
+        than queueing them for a pool that fails them. (While a pool rolls to a new list, a
+        worker still on the old one writes its adapters back with its next beat.)"""
+        try:
+            records = cast(dict[bytes, bytes], self._redis.hgetall(ADAPTERS))
+            dropped = []
+            for name, raw in records.items():
+                try:
+                    parent = AdapterRecord.model_validate_json(raw).parent
+                except ValidationError:
+                    continue
+                if parent == self._model and name.decode() not in self._adapters:
+                    dropped.append(name)
+            if dropped:
+                log.info("adapters no longer declared: %s", b", ".join(dropped).decode())
+                self._redis.hdel(ADAPTERS, *dropped)
+        except redis.RedisError as exc:  # the record just stays; the gateway's TTL ages it out
+            log.warning("could not tidy the adapter record: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

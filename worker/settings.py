@@ -141,12 +141,42 @@ class WorkerSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _compact_needs_backend(self) -> Self:
-        if self.json_compact and self.structured_outputs_backend not in ("xgrammar", "guidance"):
+        # As the engine gets them: STRUCTQ_ENGINE_ARGS' structured_outputs_config wins.
+        outputs = self.engine_args.get("structured_outputs_config")
+        outputs = outputs if isinstance(outputs, dict) else {}
+        backend = outputs.get("backend", self.structured_outputs_backend)
+        compact = outputs.get("disable_any_whitespace", self.json_compact)
+        if compact and backend not in ("xgrammar", "guidance"):
             raise ValueError(
                 "STRUCTQ_JSON_COMPACT=true needs STRUCTQ_STRUCTURED_OUTPUTS_BACKEND xgrammar or "
-                f"guidance (got {self.structured_outputs_backend}); set one of them differently"
+                f"guidance (got {backend}); set one of them differently"
             )
         return self
+
+    @model_validator(mode="after")
+    def _engine_args_once(self) -> Self:
+        given = [
+            f"{arg} (STRUCTQ_{setting.upper()})"
+            for arg, setting in _SETTING_OF_ARG.items()
+            if arg in self.engine_args and setting in self.model_fields_set
+        ]
+        if given:
+            raise ValueError(
+                f"STRUCTQ_ENGINE_ARGS sets {', '.join(given)}, which its own setting sets too: "
+                "give each once"
+            )
+        return self
+
+
+# Engine arguments that also have a STRUCTQ_* setting of their own: set either, not both.
+_SETTING_OF_ARG = {
+    "dtype": "dtype",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "enforce_eager": "enforce_eager",
+    "max_num_seqs": "max_num_seqs",
+    "enable_chunked_prefill": "chunked_prefill",
+    "disable_log_stats": "engine_stats",
+}
 
 
 class WebhookSettings(CommonSettings):

@@ -1,5 +1,5 @@
-"""What an OpenAI-compatible request does: the served-model list (from the workers'
-announcements), and a chat or completion request from its jobs' submission to its answer.
+"""What an OpenAI-compatible request does: a chat or completion request from its jobs'
+submission to its answer (the model list is ``api.models``).
 Requests are translated into jobs by ``api.openai.requests``, finished jobs into answers by
 ``api.openai.responses``, streams by ``api.openai.streaming``; the routes
 (``api.routes.openai``) only parse, call this, and answer.
@@ -81,7 +81,7 @@ async def complete(
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + ids[0].replace("-", "")
     headers = {"X-Structq-Job-Ids": ",".join(ids)}
     wait_s = settings.openai_wait_s + _GRACE_S
-    model = body.model or settings.model
+    model = body.model
     if body.stream:
         streams = request.app.state.stream_redis
         events = sse(kind, body, model, rid, ids, streams, store, wait_s)

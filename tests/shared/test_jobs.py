@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -40,3 +42,15 @@ def test_job_round_trips_through_json():
     assert again == job
     assert again.status is JobStatus.QUEUED
     assert not JobStatus.RUNNING.terminal and JobStatus.FAILED.terminal
+
+
+def test_only_a_job_with_an_adapter_names_one_in_its_record():
+    """Readers older than the field refuse unknown fields: a job without an adapter stores
+    none, so they still read it."""
+    plain = Job(id="j", model="m", prompt="hi")
+    assert "adapter" not in json.loads(plain.spec_json())
+    adapted = Job(id="j", model="m", adapter="sql", prompt="hi")
+    assert json.loads(adapted.spec_json())["adapter"] == "sql"
+    back = Job.from_parts(adapted.spec_json(), adapted.state_json())
+    assert (back.adapter, back.served_name) == ("sql", "sql")
+    assert Job.from_parts(plain.spec_json(), plain.state_json()).served_name == "m"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.settings import DEFAULT_MODEL
 from worker import engine_args
 from worker.settings import WorkerSettings
 
@@ -177,7 +178,7 @@ def test_a_bad_adapter_stops_the_settings_naming_it(tmp_path, monkeypatch, case,
     elif case == "lora turned off":
         engine = {"enable_lora": False}
     elif case == "the pool's own name":
-        name = "SmolLM2-135M-Instruct"
+        name = DEFAULT_MODEL
     elif case == "bad name":
         name = "no spaces please"
     monkeypatch.setenv("STRUCTQ_LORA_MODULES", json.dumps({name: str(folder)}))
@@ -185,3 +186,21 @@ def test_a_bad_adapter_stops_the_settings_naming_it(tmp_path, monkeypatch, case,
     with pytest.raises(SystemExit) as stopped:
         WorkerSettings.load()
     assert message in str(stopped.value), str(stopped.value)
+
+
+def test_an_engine_argument_with_a_setting_of_its_own_is_given_once(monkeypatch):
+    monkeypatch.setenv("STRUCTQ_DTYPE", "float16")
+    monkeypatch.setenv("STRUCTQ_ENGINE_ARGS", json.dumps({"dtype": "bfloat16"}))
+    with pytest.raises(SystemExit) as stopped:
+        WorkerSettings.load()
+    assert "sets dtype (STRUCTQ_DTYPE), which its own setting sets too" in str(stopped.value)
+
+
+def test_compact_json_is_checked_against_the_backend_the_engine_gets(monkeypatch):
+    outputs = {"structured_outputs_config": {"backend": "outlines"}}
+    monkeypatch.setenv("STRUCTQ_ENGINE_ARGS", json.dumps(outputs))
+    with pytest.raises(SystemExit) as stopped:
+        WorkerSettings.load()
+    assert "STRUCTQ_JSON_COMPACT=true needs" in str(stopped.value)
+    monkeypatch.setenv("STRUCTQ_JSON_COMPACT", "false")
+    assert WorkerSettings.load().engine_args == outputs
