@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from api import batch_lines, metrics, service
 from api.admission import Admission
 from api.auth import Caller
+from api.background import stop_tasks
 from api.batch_output import BatchOutput
 from api.batches import Batches
 from api.files import Files
@@ -99,12 +100,7 @@ class BatchDriver:
         self._loop = asyncio.create_task(self._watch(), name="structq-batch-driver")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop, *self._tasks.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._loop, *self._tasks.values())
 
     async def _watch(self) -> None:
         """Take up every active batch no other process drives."""

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from api.background import stop_tasks
 from shared.keys import DONE_CHANNEL
 
 __all__ = ["CompletionWaiters", "Finished"]
@@ -56,10 +57,7 @@ class CompletionWaiters:
             await asyncio.wait_for(self._subscribed.wait(), timeout=5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_tasks(self._task)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[Finished]:
