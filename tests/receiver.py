@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -79,6 +80,20 @@ class Receiver:
                     return got[:count]
                 remaining = deadline - time.monotonic()
                 assert remaining > 0, f"{len(got)} of {count} requests to {path} arrived"
+                self._changed.wait(remaining)
+
+    def wait_until(
+        self, path: str, enough: Callable[[list[Received]], bool], timeout_s: float = 60
+    ) -> list[Received]:
+        """Every request to ``path`` so far, once ``enough`` says they are enough."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                got = [r for r in self.requests if r.path == path]
+                if enough(got):
+                    return got
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"{len(got)} requests to {path} were not enough"
                 self._changed.wait(remaining)
 
     def to(self, path: str) -> list[Received]:

@@ -70,9 +70,11 @@ def test_an_adapter_changes_the_output_of_the_same_greedy_request(api, adapters)
         texts.add(job["result"]["text"])
     # Three different answers: each adapter's weights changed what the model writes.
     assert len(texts) == 3, texts
-    # Greedy and seeded: the same adapter gives the same answer again.
+    # Greedy and seeded: the same adapter job alone gives the same answer again (alone both
+    # times: a batch of another shape may flip a near-tied pick, see the next test).
+    [alone] = _bulk(api, [jobs[1]])
     [again] = _bulk(api, [jobs[1]])
-    assert again["result"]["text"] == adapted[0]["result"]["text"]
+    assert again["result"]["text"] == alone["result"]["text"]
 
 
 def test_base_and_adapter_jobs_share_engine_steps(api, adapters) -> None:
@@ -103,8 +105,13 @@ def test_base_and_adapter_jobs_share_engine_steps(api, adapters) -> None:
     # (vLLM's CPU LoRA kernels would give them the last slot's adapter: worker/adapters.py).
     for job in by_model[None]:
         assert job["result"]["text"] == "The capital of Latvia is Riga.", job["result"]
+    # No job ran with another's weights: no adapter's answer is the base's or the other's. (Two
+    # copies of one adapter job may differ: random adapter weights leave near-tied logits, and
+    # vLLM's CPU kernels are not batch-invariant, so a greedy pick can flip with the batch's
+    # shape; a CI run saw it.)
     texts = {name: {j["result"]["text"] for j in jobs} for name, jobs in by_model.items()}
-    assert all(len(same) == 1 for same in texts.values()), texts  # greedy: one answer each
+    a, b = (texts[name] for name in ADAPTERS)
+    assert not (a & b) and not ((a | b) & texts[None]), texts
 
 
 def test_the_model_list_shows_each_adapter_with_its_parent(api, adapters) -> None:

@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from standardwebhooks import Webhook
 
 from scripts.stack import Stack, _Child
 from shared.records import WorkerAnnouncement
 from shared.settings import DEFAULT_MODEL
-from tests.e2e.conftest import WEBHOOK_SECRET, wait_for
+from tests.e2e.conftest import completed_once, wait_for
 from tests.e2e.models import SMALL_MODEL, make_small_model
 from tests.receiver import Receiver
 
@@ -72,6 +72,19 @@ def _on(api: httpx.Client, status: str, worker: str, ids: set[str]) -> int:
     """How many of ``ids`` are in ``status`` on ``worker`` (the newest 200 of that status)."""
     listed = api.get("/v1/jobs", params={"status": status, "limit": 200}).json()["data"]
     return sum(job["id"] in ids and job["worker"] == worker for job in listed)
+
+
+def _burst_report(api: httpx.Client, ids: list[str], victim: _Child) -> str:
+    """What the burst's jobs are doing (status and worker) and what the victim logged of its
+    own (not vLLM's), for a test that never saw the victim mid-burst."""
+    jobs = [api.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+    states = Counter(f"{job['status']}@{job.get('worker')}" for job in jobs)
+    own = [
+        line[:300]
+        for line in victim.log_path.read_text().splitlines()
+        if '"logger": "worker' in line or '"logger": "shared' in line
+    ]
+    return f"{dict(states)}; the victim's log: " + "\n".join(own[-40:])
 
 
 def _session_worker(stack: Stack, api: httpx.Client) -> str:
@@ -163,7 +176,7 @@ def test_two_workers_of_one_pool_share_it_and_a_killed_one_loses_nothing(
                 running = _on(api, "running", victim_announced.worker_id, mine)
                 if finished >= 2 and running >= 1:
                     break
-                assert time.monotonic() < deadline, (finished, running)
+                assert time.monotonic() < deadline, _burst_report(api, ids, victim)
                 time.sleep(0.05)
             victim.proc.send_signal(signal.SIGKILL)
             assert victim.proc.wait(30) == -signal.SIGKILL
@@ -177,11 +190,6 @@ def test_two_workers_of_one_pool_share_it_and_a_killed_one_loses_nothing(
             rerun = [job for job in done.values() if job["attempts"] == 2]
             assert rerun and all(j["worker"] == survivor_announced.worker_id for j in rerun)
             # Once: one `completed` event per job, none more (the victim's runs wrote nothing).
-            events = receiver.wait("/done", len(ids), timeout_s=120)
-            time.sleep(2.0)
-            assert len(receiver.to("/done")) == len(ids)
-            completed = [Webhook(WEBHOOK_SECRET).verify(e.body, e.headers) for e in events]
-            assert sorted(event["data"]["id"] for event in completed) == sorted(ids)
-            assert {event["type"] for event in completed} == {"job.completed"}
+            completed_once(receiver, "/done", ids)
     finally:
         survivor.stop(30)
