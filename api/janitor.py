@@ -7,8 +7,10 @@
   ``max_attempts_exceeded`` into the dead-letter list. A worker counts as gone once this
   janitor has seen its heartbeat missing for STRUCTQ_ORPHAN_GRACE_S while itself connected to
   Redis: heartbeats that lapsed during a Redis outage or failover are given that long to come
-  back, so a live worker's jobs are never run twice. Celery would re-deliver the message only
-  after its visibility timeout (longer than any job may run).
+  back, so a live worker's jobs are never run twice. Each re-queue is refused, in the same
+  script, if the worker's heartbeat is back (a stalled or cut-off worker that returned): once a
+  worker has announced itself again, what its ledger says is its own stays so. Celery would
+  re-deliver the message only after its visibility timeout (longer than any job may run).
 - A queued job whose task message is in no queue and not held by a consumer that took it
   within the grace (a worker SIGKILLed after taking it, a pop whose reply a Redis restart
   lost) is given a fresh message, once: seen so in two rounds in a row, then re-queued by a
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -168,12 +171,15 @@ class Janitor:
                     await self._redis.hdel(ledger, job_id)  # its record expired meanwhile
                     continue
                 reason = f"worker {worker} stopped while running it (no heartbeat)"
-                changes.append(
-                    lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, reason)
-                )
+                change = lifecycle.fail_or_requeue(job, run, self._settings.max_attempts, reason)
+                # Refused if the worker announced itself meanwhile: it was stalled or cut off,
+                # not gone, and it now checks its claims itself (``worker.fencing``).
+                changes.append(dataclasses.replace(change, unless_alive=worker))
             for change, outcome in zip(changes, await self._store.apply_many(changes), strict=True):
                 assert change.job is not None
-                if outcome is None:
+                if outcome == "alive":
+                    log.info("job %s left to worker %s: it is back", change.job.id, worker)
+                elif outcome is None:
                     count += 1
                     queued = change.job.status is JobStatus.QUEUED
                     janitor_did("requeued" if queued else "dead_lettered")

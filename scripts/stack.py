@@ -498,11 +498,12 @@ class Stack:
         return self.gateway
 
     def start_extra_gateway(
-        self, env: Mapping[str, str] | None = None, name: str = "gateway"
+        self, env: Mapping[str, str] | None = None, name: str = "gateway", port: int = 0
     ) -> tuple[_Child, str]:
         """Another gateway process on this stack's Redis (stopped with the stack), with
-        ``env`` on top of the stack's; returns it and its URL once it is ready."""
-        port = free_port()
+        ``env`` on top of the stack's, on ``port`` (0: a free one); returns it and its URL once
+        it is ready."""
+        port = port or free_port()
         env = {**self.env(), **(env or {}), "STRUCTQ_PORT": str(port), "STRUCTQ_HOST": "127.0.0.1"}
         log_path = self.workdir / f"{name}.log"
         child = _Child("gateway", [sys.executable, "-m", "api"], env, log_path)

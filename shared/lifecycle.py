@@ -74,6 +74,9 @@ class Change:
     release: str | None = None  # a taken task message this write is done with
     held_after_ms: int | None = None  # refuse if the expected message was taken after this
     keep_state: bool = False  # the stored state stays as it is (only the message changes)
+    unless_alive: str | None = None  # refuse while this worker's heartbeat key exists
+    # A claim: refuse unless this worker's heartbeat key exists (its message stays taken).
+    if_alive: str | None = None
     spec: bytes | None = field(default=None, compare=False)  # the stored spec, if at hand
 
     def webhook_event(self) -> WebhookEvent | None:

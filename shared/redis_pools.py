@@ -41,6 +41,8 @@ __all__ = [
     "SentinelTarget",
     "async_client",
     "celery_broker",
+    "celery_silent_connection_options",
+    "dead_connection_bound_s",
     "decoded",
     "decoded_one",
     "parse_sentinel",
@@ -124,14 +126,30 @@ def async_client(url: str, max_connections: int, timeout_s: float = 10) -> aiore
     return aioredis.Redis(connection_pool=pool)
 
 
-def sync_client(url: str, max_connections: int = 8, timeout_s: float = 30) -> redis.Redis:
+def sync_client(
+    url: str,
+    max_connections: int = 8,
+    timeout_s: float = 30,
+    socket_timeout_s: float | None = None,
+    retries: int | None = None,
+) -> redis.Redis:
+    """A client of STRUCTQ_REDIS_URL. ``timeout_s``: how long a caller waits for a free pooled
+    connection. ``socket_timeout_s`` (a worker's): how long any command, or a connect, waits
+    on a silent connection (a black-holed network: no reply, no reset) before it counts as
+    broken; the connection is then dropped and the command tried once more, so a call returns
+    or fails within about twice that (see ``dead_connection_bound_s``). Without it a command
+    waits for as long as the kernel keeps the connection. ``retries``: tries after the first on
+    a broken connection (default: 4, or 1 with ``socket_timeout_s``)."""
     target = parse_sentinel(url)
-    retry = redis.retry.Retry(_backoff(), _RETRIES)
+    silent = _silent_connection_options(socket_timeout_s)
+    if retries is None:
+        retries = _RETRIES if socket_timeout_s is None else 1
+    retry = redis.retry.Retry(_backoff(), retries)
     if target is not None:
         sentinel = redis.sentinel.Sentinel(
             target.sentinels,
             sentinel_kwargs={"password": target.sentinel_password, "socket_timeout": 2},
-            socket_timeout=timeout_s,
+            **{"socket_timeout": timeout_s, **silent},
         )
         client: redis.Redis = sentinel.master_for(
             target.service,
@@ -147,8 +165,41 @@ def sync_client(url: str, max_connections: int = 8, timeout_s: float = 30) -> re
         timeout=timeout_s,
         retry=retry,
         retry_on_error=_RETRY_ON,
+        **silent,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _silent_connection_options(socket_timeout_s: float | None) -> dict[str, Any]:
+    """redis-py's options that bound a wait on a silent connection (none: no bound)."""
+    if socket_timeout_s is None:
+        return {}
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "socket_keepalive": True,
+        # An idle connection (a pub/sub subscription) is pinged before use past this.
+        "health_check_interval": socket_timeout_s,
+    }
+
+
+def dead_connection_bound_s(socket_timeout_s: float) -> float:
+    """The longest a call of a ``sync_client(..., socket_timeout_s=...)`` client waits on a
+    dead connection before it returns or raises: the try, one retry on a new connection, and
+    the backoff between them."""
+    return 2 * socket_timeout_s + 0.1
+
+
+def celery_silent_connection_options(socket_timeout_s: float) -> dict[str, Any]:
+    """kombu's transport options for the same bound on Celery's own connections: commands and
+    connects time out after ``socket_timeout_s``, and a BRPOP that a live server would have
+    answered (kombu's brpop_timeout, 1 s) is dropped after ``socket_timeout_s`` more."""
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": max(1, round(socket_timeout_s)),
+    }
 
 
 def celery_broker(url: str) -> tuple[str, dict[str, Any]]:

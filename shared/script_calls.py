@@ -30,6 +30,7 @@ from shared.keys import (
     idempotency_key,
     job_key,
     model_queued_index,
+    worker_key,
 )
 from shared.lifecycle import Change, enqueue_message
 
@@ -148,7 +149,7 @@ class ScriptCalls:
             job = change.job
             if job is None:
                 keys += ["", "", "", ""]
-                args += [""] * 14 + [change.release or "", ""]
+                args += [""] * 14 + [change.release or "", "", ""]
                 continue
             state = job.state_json()
             delivery = change.delivery(state)
@@ -182,13 +183,26 @@ class ScriptCalls:
                 else task_message(delivery.id, WEBHOOK_QUEUE, task=WEBHOOK_TASK_NAME),
                 change.release or "",
                 "" if change.held_after_ms is None else change.held_after_ms,
+                _heartbeat_guard(change),
             ]
         return keys, args
 
 
+def _heartbeat_guard(change: Change) -> str:
+    """The transition's heartbeat guard: refuse while (-) or unless (+) a worker is alive."""
+    if change.unless_alive is not None and change.if_alive is not None:
+        raise ValueError("a change is guarded by one worker's heartbeat at most")
+    if change.unless_alive is not None:
+        return "-" + worker_key(change.unless_alive)
+    if change.if_alive is not None:
+        return "+" + worker_key(change.if_alive)
+    return ""
+
+
 def outcomes(results: list[Any]) -> list[str | None]:
     """Per change: None when applied, else the job's current status ('' when it does not
-    exist, 'held' when its message was taken meanwhile)."""
+    exist, 'held' when its message was taken meanwhile, 'alive' when the worker it names is,
+    'cut_off' when the claiming worker's heartbeat is absent)."""
     return [None if result == 1 else (decode(result) or "") for result in results]
 
 

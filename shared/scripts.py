@@ -98,11 +98,17 @@ return out
 #   13 webhook delivery spec ('' none; it records the job's previous delivery as 'after', and
 #      becomes the job's 'hook'); 14 its task message;
 #   15 a message tag to release from kombu's unacked hash ('' none; done whatever the outcome);
-#   16 refuse if the expected message was taken by a consumer after this time (ms; '' no check).
+#   16 refuse if the expected message was taken by a consumer after this time (ms; '' no check);
+#   17 a worker's heartbeat key guarding the change ('' no check): '-key' refuse while it
+#      exists (the heartbeat of a worker the janitor thinks gone, so that no re-queue lands
+#      once the worker has announced itself again); '+key' refuse unless it exists (a claim:
+#      a worker whose heartbeat lapsed claims nothing until it has announced itself again,
+#      and the message it took stays taken: 15 is not released).
 # Returns, per change: 1 applied (or already applied: the same status and state are stored);
-# '' when the job does not exist; 'held' when refused by 17; else the current status.
+# '' when the job does not exist; 'held' when refused by 16; 'alive' / 'cut_off' when refused
+# by 17; else the current status.
 TRANSITION_KEYS = 4
-TRANSITION_ARGS = 16
+TRANSITION_ARGS = 17
 TRANSITION = """#!lua
 local now, ttl, sx, cx, mq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local deadlines, dead, done_channel, hook_queue = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -112,94 +118,105 @@ local out, done = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   local k = i * 4
   local job, list, delivery, bell = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local a = 13 + i * 16
+  local a = 13 + i * 17
   local id, status, state, allowed = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local want_run, run, owner = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local want_tag, tag, message, deadline = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
-  local release, cutoff = ARGV[a + 15], ARGV[a + 16]
-  if release ~= '' then
-    redis.call('HDEL', unacked, release)
-    redis.call('ZREM', unacked_index, release)
-  end
-  local current = redis.call('HGET', job, 'status')
-  local result
-  if status == '' then
-    result = 1
-  elseif not current then
-    result = ''
-  elseif not string.find(' ' .. allowed .. ' ', ' ' .. current .. ' ', 1, true) then
-    if current == status and state ~= '' and redis.call('HGET', job, 'state') == state then
-      result = 1
-    else
-      result = current
-    end
-  elseif want_run ~= '' and redis.call('HGET', job, 'run') ~= want_run then
-    result = current
-  elseif want_tag ~= '' and redis.call('HGET', job, 'msg') ~= want_tag then
-    result = current
-  elseif cutoff ~= '' and
-      tonumber(redis.call('ZSCORE', unacked_index, want_tag) or '0') * 1000 > tonumber(cutoff) then
-    result = 'held'
+  local release, cutoff, guard = ARGV[a + 15], ARGV[a + 16], ARGV[a + 17]
+  local guard_mode, guard_key = string.sub(guard, 1, 1), string.sub(guard, 2)
+  if guard_mode == '+' and redis.call('EXISTS', guard_key) == 0 then
+    out[i + 1] = 'cut_off'
   else
-    local f = redis.call('HMGET', job, 'owner', 'client', 'model', 'msg', 'run')
-    local old_owner, client, model, old_tag = f[1], f[2], f[3], f[4]
-    redis.call('HSET', job, 'status', status)
-    if state ~= '' then redis.call('HSET', job, 'state', state) end
-    if run ~= '' then redis.call('HSET', job, 'run', run) else run = f[5] end
-    if owner ~= '' then redis.call('HSET', job, 'owner', owner) else owner = old_owner end
-    if status ~= 'running' then redis.call('HDEL', job, 'cancel') end
-    redis.call('EXPIRE', job, ttl)
-    redis.call('ZREM', sx .. current, id)
-    redis.call('ZADD', sx .. status, now, id)
-    if client then
-      redis.call('ZREM', cx .. client .. ':' .. current, id)
-      redis.call('ZADD', cx .. client .. ':' .. status, now, id)
+    if release ~= '' then
+      redis.call('HDEL', unacked, release)
+      redis.call('ZREM', unacked_index, release)
     end
-    if model then
-      if current == 'queued' then redis.call('ZREM', mq .. model, id) end
-      if status == 'queued' then redis.call('ZADD', mq .. model, now, id) end
-    end
-    if deadline == '-' then deadline = '' end
-    if deadline ~= '' or ARGV[a + 11] == '-' then redis.call('HSET', job, 'deadline', deadline) end
-    redis.call('ZREM', deadlines, id)
-    if status == 'queued' then
-      local due = redis.call('HGET', job, 'deadline')
-      if due and due ~= '' then redis.call('ZADD', deadlines, due, id) end
-    end
-    if ARGV[a + 12] == '1' then
-      redis.call('ZADD', dead, now, id)
-    else
-      redis.call('ZREM', dead, id)
-    end
-    if current == 'running' and old_owner then
-      redis.call('HDEL', ledger .. old_owner, id)
-      redis.call('SREM', cancels .. old_owner, id)
-    end
-    if status == 'running' and owner then redis.call('HSET', ledger .. owner, id, run) end
-    if tag ~= '' then
-      if old_tag and old_tag ~= tag and old_tag ~= release then
-        redis.call('HDEL', unacked, old_tag)
-        redis.call('ZREM', unacked_index, old_tag)
+    local current = redis.call('HGET', job, 'status')
+    local result
+    if status == '' then
+      result = 1
+    elseif not current then
+      result = ''
+    elseif not string.find(' ' .. allowed .. ' ', ' ' .. current .. ' ', 1, true) then
+      if current == status and state ~= '' and redis.call('HGET', job, 'state') == state then
+        result = 1
+      else
+        result = current
       end
-      redis.call('HSET', job, 'msg', tag)
+    elseif want_run ~= '' and redis.call('HGET', job, 'run') ~= want_run then
+      result = current
+    elseif want_tag ~= '' and redis.call('HGET', job, 'msg') ~= want_tag then
+      result = current
+    elseif cutoff ~= '' and
+        tonumber(redis.call('ZSCORE', unacked_index, want_tag) or '0') * 1000 >
+          tonumber(cutoff) then
+      result = 'held'
+    elseif guard_mode == '-' and redis.call('EXISTS', guard_key) == 1 then
+      result = 'alive'
+    else
+      local f = redis.call('HMGET', job, 'owner', 'client', 'model', 'msg', 'run')
+      local old_owner, client, model, old_tag = f[1], f[2], f[3], f[4]
+      redis.call('HSET', job, 'status', status)
+      if state ~= '' then redis.call('HSET', job, 'state', state) end
+      if run ~= '' then redis.call('HSET', job, 'run', run) else run = f[5] end
+      if owner ~= '' then redis.call('HSET', job, 'owner', owner) else owner = old_owner end
+      if status ~= 'running' then redis.call('HDEL', job, 'cancel') end
+      redis.call('EXPIRE', job, ttl)
+      redis.call('ZREM', sx .. current, id)
+      redis.call('ZADD', sx .. status, now, id)
+      if client then
+        redis.call('ZREM', cx .. client .. ':' .. current, id)
+        redis.call('ZADD', cx .. client .. ':' .. status, now, id)
+      end
+      if model then
+        if current == 'queued' then redis.call('ZREM', mq .. model, id) end
+        if status == 'queued' then redis.call('ZADD', mq .. model, now, id) end
+      end
+      if deadline == '-' then deadline = '' end
+      if deadline ~= '' or ARGV[a + 11] == '-' then
+        redis.call('HSET', job, 'deadline', deadline)
+      end
+      redis.call('ZREM', deadlines, id)
+      if status == 'queued' then
+        local due = redis.call('HGET', job, 'deadline')
+        if due and due ~= '' then redis.call('ZADD', deadlines, due, id) end
+      end
+      if ARGV[a + 12] == '1' then
+        redis.call('ZADD', dead, now, id)
+      else
+        redis.call('ZREM', dead, id)
+      end
+      if current == 'running' and old_owner then
+        redis.call('HDEL', ledger .. old_owner, id)
+        redis.call('SREM', cancels .. old_owner, id)
+      end
+      if status == 'running' and owner then redis.call('HSET', ledger .. owner, id, run) end
+      if tag ~= '' then
+        if old_tag and old_tag ~= tag and old_tag ~= release then
+          redis.call('HDEL', unacked, old_tag)
+          redis.call('ZREM', unacked_index, old_tag)
+        end
+        redis.call('HSET', job, 'msg', tag)
+      end
+      if message ~= '' then
+        redis.call('LPUSH', list, message)
+        if redis.call('LLEN', bell) == 0 then redis.call('LPUSH', bell, '1') end
+      end
+      if terminal[status] then done[#done + 1] = id end
+      if ARGV[a + 13] ~= '' then
+        -- Deliveries of one job go out in order: each waits for its predecessor's first
+        -- attempt.
+        local previous = redis.call('HGET', job, 'hook')
+        redis.call('HSET', delivery, 'spec', ARGV[a + 13], 'attempts', 0, 'state', 'pending')
+        if previous then redis.call('HSET', delivery, 'after', previous) end
+        redis.call('HSET', job, 'hook', delivery)
+        redis.call('EXPIRE', delivery, ttl)
+        redis.call('LPUSH', hook_queue, ARGV[a + 14])
+      end
+      result = 1
     end
-    if message ~= '' then
-      redis.call('LPUSH', list, message)
-      if redis.call('LLEN', bell) == 0 then redis.call('LPUSH', bell, '1') end
-    end
-    if terminal[status] then done[#done + 1] = id end
-    if ARGV[a + 13] ~= '' then
-      -- Deliveries of one job go out in order: each waits for its predecessor's first attempt.
-      local previous = redis.call('HGET', job, 'hook')
-      redis.call('HSET', delivery, 'spec', ARGV[a + 13], 'attempts', 0, 'state', 'pending')
-      if previous then redis.call('HSET', delivery, 'after', previous) end
-      redis.call('HSET', job, 'hook', delivery)
-      redis.call('EXPIRE', delivery, ttl)
-      redis.call('LPUSH', hook_queue, ARGV[a + 14])
-    end
-    result = 1
+    out[i + 1] = result
   end
-  out[i + 1] = result
 end
 if #done > 0 then redis.call('PUBLISH', done_channel, table.concat(done, ' ')) end
 return out

@@ -74,6 +74,15 @@ class CommonSettings(BaseSettings):
         "is unreachable, holding what it has to write; past it the worker exits and its jobs "
         "are re-queued once Redis is back.",
     )
+    redis_socket_timeout_s: float = Field(
+        5,
+        ge=2,
+        description="How long a worker (or webhook worker) waits on a silent Redis connection "
+        "(no reply and no reset: a black-holed network) before it drops it and tries a new "
+        "one; a call then returns or fails within twice this. At least 2 s: longer than the "
+        "worker's own blocking reads (1 s). Heartbeats use the third of STRUCTQ_HEARTBEAT_TTL_S "
+        "if that is shorter.",
+    )
     orphan_grace_s: float = Field(
         10,
         ge=0,

@@ -44,7 +44,12 @@ from shared.keys import (
     WORKER_QUEUE_PREFIX,
     kombu_priority_steps,
 )
-from shared.redis_pools import celery_broker, sync_client
+from shared.redis_pools import (
+    celery_broker,
+    celery_silent_connection_options,
+    dead_connection_bound_s,
+    sync_client,
+)
 from shared.store import JobStore
 from worker.celery_config import reliable_threads_worker
 from worker.intake import DrainOnShutdown
@@ -90,6 +95,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
     _, transport = celery_broker(settings.redis_url)
     transport.update(
         {
+            **celery_silent_connection_options(settings.redis_socket_timeout_s),
             # A message unacknowledged this long is handed out again: longer than any job runs.
             "visibility_timeout": settings.visibility_timeout_s,
             # Job priorities: one Redis list per step, popped highest priority first.
@@ -181,6 +187,7 @@ def _start_engine(**_: object) -> None:
     from shared.metrics import serve as serve_metrics
     from worker.cancels import CancelListener
     from worker.engine import Engine
+    from worker.fencing import Fence
     from worker.heartbeat import Heartbeat
     from worker.intake import Doorbell
     from worker.metrics import JobMetrics
@@ -211,17 +218,40 @@ def _start_engine(**_: object) -> None:
         # Celery logs and swallows exceptions from signal handlers; a worker without an engine
         # must not consume jobs, so leave now.
         raise SystemExit(1) from None
-    client = sync_client(settings.redis_url, max_connections=16)
-    streams = DeltaPublisher(client)
+    client = sync_client(
+        settings.redis_url, max_connections=16, socket_timeout_s=settings.redis_socket_timeout_s
+    )
+    fence = Fence(settings.heartbeat_ttl_s)
+    streams = DeltaPublisher(client, fence, settings.redis_outage_s)
     streams.start()
+    # Its own connections, quick to give up on a silent one: a worker back from a partition
+    # announces itself within a beat's timeout and a retry interval of the heal.
+    beats = sync_client(
+        settings.redis_url,
+        max_connections=2,
+        socket_timeout_s=min(settings.redis_socket_timeout_s, settings.heartbeat_ttl_s / 3),
+        retries=0,
+    )
+    heartbeat = Heartbeat(beats, settings, fence)
+    store = JobStore(client, settings.job_ttl_s)
     job_runner = JobRunner(
-        JobStore(client, settings.job_ttl_s), engine, settings, streams, _fatal, metrics
+        store,
+        engine,
+        settings,
+        streams,
+        _fatal,
+        metrics,
+        fence=fence,
+        beat=heartbeat.beat,
+        claims_need_heartbeat=True,
     )
     metrics.watch(lambda: job_runner.in_flight, lambda: engine.steps)
     _resident.metrics = metrics
     _resident.engine, _resident.runner, _resident.streams = engine, job_runner, streams
-    _resident.cancels = CancelListener(client, job_runner.cancel)
-    _resident.heartbeat = Heartbeat(client, settings)
+    _resident.cancels = CancelListener(
+        client, job_runner.cancel, dead_connection_bound_s(settings.redis_socket_timeout_s)
+    )
+    _resident.heartbeat = heartbeat
     _resident.doorbell = Doorbell(client, settings.model, job_runner.ring)
     log.info("engine ready")
 

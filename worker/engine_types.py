@@ -30,6 +30,7 @@ class AbortReason(StrEnum):
     CANCELLED = "cancelled"  # its client asked
     DEADLINE = "deadline"  # its deadline (or STRUCTQ_MAX_RUN_S) passed
     DRAIN = "drain"  # the worker is shutting down and ran out of time
+    FENCED = "fenced"  # its job was given to another run while this worker was cut off
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from shared.jobs import utcnow
 from shared.keys import ADAPTERS, WORKERS_INDEX, queue_name, worker_key
 from shared.records import AdapterRecord, WorkerAnnouncement
+from worker.fencing import Fence
 from worker.settings import WorkerSettings
 
 __all__ = ["Heartbeat"]
@@ -35,8 +36,11 @@ _RETRY_S = 0.5
 
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, settings: WorkerSettings) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: WorkerSettings, fence: Fence | None = None
+    ) -> None:
         self._redis = client
+        self._fence = fence
         self._ttl_ms = max(1, int(settings.heartbeat_ttl_s * 1000))
         self._worker_id = settings.worker_id
         self._key = worker_key(settings.worker_id)
@@ -56,7 +60,7 @@ class Heartbeat:
 
     def start(self) -> None:
         self._forget_dropped_adapters()
-        self._announce()
+        self.beat()
         self._thread.start()
 
     def _forget_dropped_adapters(self) -> None:
@@ -90,6 +94,15 @@ class Heartbeat:
             pipe.zadd(WORKERS_INDEX, {self._worker_id: 0})
             pipe.execute()
 
+    def beat(self) -> float:
+        """Write the announcement now; the ``time.monotonic()`` it was sent at (the key lives
+        at least the TTL from then). Raises what Redis raised."""
+        sent_at = time.monotonic()
+        self._announce()
+        if self._fence is not None:
+            self._fence.beat(sent_at, time.monotonic())
+        return sent_at
+
     def _announce(self) -> None:
         with self._redis.pipeline() as pipe:
             pipe.set(self._key, self._value, px=self._ttl_ms)
@@ -107,7 +120,7 @@ class Heartbeat:
         wait = self._ttl_ms / 3000
         while not self._stop.wait(wait):
             try:
-                self._announce()
+                self.beat()
                 wait = self._ttl_ms / 3000
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)

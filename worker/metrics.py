@@ -63,6 +63,17 @@ _GENERATED_TOKENS = Counter(
 _INFLIGHT = Gauge("structq_worker_inflight_jobs", "Jobs claimed and not yet recorded.", ["model"])
 _DRAINS = Counter("structq_worker_drains_total", "SIGTERM drains begun.", ["model"])
 _ENGINE_DEATHS = Counter("structq_engine_deaths_total", "Engine deaths seen.", ["model"])
+_CUT_OFFS = Counter(
+    "structq_worker_cut_offs_total",
+    "Times the worker found its heartbeat may have lapsed (a stall or a partition longer than "
+    "STRUCTQ_HEARTBEAT_TTL_S) and checked its claims.",
+    ["model"],
+)
+_FENCED = Counter(
+    "structq_worker_fenced_runs_total",
+    "Runs aborted because their job was given to another run while this worker was cut off.",
+    ["model"],
+)
 
 
 # The (status, code) pairs a run can end with.
@@ -99,6 +110,8 @@ class JobMetrics:
         self._generated = _GENERATED_TOKENS.labels(model)
         self._drains = _DRAINS.labels(model)
         self._deaths = _ENGINE_DEATHS.labels(model)
+        self._cut_offs = _CUT_OFFS.labels(model)
+        self._fenced = _FENCED.labels(model)
         # Every outcome's series from 0, so that a rate sees its first event.
         for status, code in _OUTCOMES:
             _FINISHED.labels(model, status, code)
@@ -128,6 +141,12 @@ class JobMetrics:
 
     def engine_died(self) -> None:
         self._deaths.inc()
+
+    def cut_off(self) -> None:
+        self._cut_offs.inc()
+
+    def fenced(self) -> None:
+        self._fenced.inc()
 
     def watch(self, in_flight: Callable[[], int], steps: Callable[[], int]) -> None:
         """Read the jobs in flight and the engine's step count when scraped."""

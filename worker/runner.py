@@ -20,15 +20,18 @@ job's record is parsed once and its small state serialized twice.
 
 Every outcome is one guarded status change (``shared.lifecycle``): a job that fails does so with
 a code and a reason; a run that ends through no fault of the job (the engine died, the worker
-is draining) goes back to the queue. While Redis is unreachable, writes are retried with backoff
-for up to STRUCTQ_REDIS_OUTAGE_S and results wait in memory; past that the worker gives up and
-exits (its jobs are re-queued by the janitor once Redis is back).
+is draining) goes back to the queue. A worker that was stalled or cut off from Redis past its
+heartbeat's life (``worker.fencing``) checks its claims before anything else: runs whose job was
+given to another run meanwhile are aborted and write nothing; the others go on.
+
+While Redis is unreachable, writes are retried with backoff for up to STRUCTQ_REDIS_OUTAGE_S
+and results wait in memory; past that the worker gives up and exits (its jobs are re-queued by
+the janitor once Redis is back).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -47,6 +50,7 @@ from shared.store import JobStore, Stored, read_job
 from worker import claims, outcomes
 from worker.engine import Engine
 from worker.engine_types import AbortReason, Done, Request
+from worker.fencing import Fence
 from worker.metrics import JobMetrics
 from worker.settings import WorkerSettings
 from worker.streams import DeltaPublisher
@@ -62,7 +66,8 @@ FAULT_KEY = "structq.fault"
 # How often running jobs are checked against their deadlines.
 _DEADLINE_CHECK_S = 0.1
 # How often the worker reads its ledger in Redis: cancels it missed (the pub/sub message is lost
-# across a reconnect), and jobs Redis says it runs that it does not.
+# across a reconnect), jobs Redis says it runs that it does not, and runs it has that are no
+# longer its own.
 _LEDGER_CHECK_S = 5.0
 
 # Longest the dispatcher goes without looking at the queue while it has room.
@@ -90,8 +95,18 @@ class JobRunner:
         streams: DeltaPublisher | None = None,
         on_fatal: Callable[[BaseException], None] = lambda exc: None,
         metrics: JobMetrics | None = None,
+        fence: Fence | None = None,
+        beat: Callable[[], float] = time.monotonic,
+        claims_need_heartbeat: bool = False,
     ) -> None:
+        """``fence`` is shared with the heartbeat (and the stream publisher); ``beat`` writes
+        the heartbeat and returns when it was sent (the default, for tests: writes nothing).
+        ``claims_need_heartbeat``: Redis refuses this worker's claims while its heartbeat key
+        is absent (the worker's own setting; off for tests without a heartbeat)."""
         self._store = store
+        self._fence = fence if fence is not None else Fence(settings.heartbeat_ttl_s)
+        self._beat = beat
+        self._claims_need_heartbeat = claims_need_heartbeat
         self._metrics = metrics
         self._engine = engine
         self._streams = streams
@@ -102,8 +117,12 @@ class JobRunner:
         self._may_take = threading.Event()  # the doorbell rang, or the last take was full
         self._taken_at = 0.0
         self._active: dict[str, _Active] = {}  # by engine request id
+        # By job id: the job's current run here (an older, fenced run may still be in _active).
         self._by_job: dict[str, _Active] = {}
         self._early: list[Done] = []  # claimed, but refused before reaching the engine
+        # Taken, but their claim was refused while the heartbeat had lapsed: claimed again
+        # once this worker has announced itself (their messages stay taken meanwhile).
+        self._unclaimed: list[tuple[str, Stored]] = []
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._draining = threading.Event()
@@ -177,6 +196,11 @@ class JobRunner:
                 time.sleep(0.1)
 
     def _round(self) -> None:
+        if self._fence.cut_off():
+            self._verify_claims()
+        if self._unclaimed:
+            held, self._unclaimed = self._unclaimed, []
+            self._claim(held)
         now = time.monotonic()
         room = self._settings.max_inflight - len(self._active)
         taking = not self._draining.is_set() and self._engine.alive
@@ -192,6 +216,8 @@ class JobRunner:
             if len(taken) == room:
                 self._may_take.set()  # there may be more, for the next round
             if taken:
+                if self._fence.cut_off():  # the take waited out a stall or a partition
+                    self._verify_claims()
                 self._claim(taken)
         done = self._early + self._engine.take_done()
         self._early = []
@@ -205,14 +231,25 @@ class JobRunner:
             self._ledger_at = now
             self._check_ledger()
         taking_done = self._draining.is_set() or not self._may_take.is_set()
-        if not self._active and not self._early and taking_done:
+        if not self._active and not self._early and not self._unclaimed and taking_done:
             self._idle.set()
 
     def _claim(self, taken: list[tuple[str, Stored]]) -> None:
         changes = [claims.claim(tag, row, self._worker_id) for tag, row in taken]
+        if self._claims_need_heartbeat:
+            changes = [
+                change
+                if change.new_run is None
+                else dataclasses.replace(change, if_alive=self._worker_id)
+                for change in changes
+            ]
         written = self._retrying(lambda: self._store.apply_many(changes))
         requests = []
         for (tag, row), change, current in zip(taken, changes, written, strict=True):
+            if current == "cut_off":  # this worker's heartbeat lapsed: announce it first
+                self._unclaimed.append((tag, row))
+                self._fence.distrust()
+                continue
             if change.new_run is None or current is not None:
                 if change.new_run is not None:
                     log.info(
@@ -242,11 +279,14 @@ class JobRunner:
         limit = claims.run_limit(job, self._settings.max_run_s)
         request_id = f"{job.id}.{run}"
         active = _Active(job, run, request_id, limit, spec if job.webhook is not None else None)
+        earlier = self._by_job.get(job.id)
+        if earlier is not None:  # this claim succeeded: the earlier run here is not current
+            self._fence_run(earlier, "a new run of it started here")
         self._active[request_id] = active
         self._by_job[job.id] = active
         on_delta = None
         if job.stream and self._streams is not None:
-            on_delta = functools.partial(self._streams.delta, job.id, run)
+            on_delta = self._streams.writer(job.id, run)
         request = claims.engine_request(job, request_id, self._engine.render_chat, on_delta)
         if isinstance(request, Done):
             self._early.append(request)
@@ -260,7 +300,16 @@ class JobRunner:
             active = self._active.pop(item.request_id, None)
             if active is None:
                 continue
-            self._by_job.pop(active.job.id, None)
+            if self._by_job.get(active.job.id) is active:
+                del self._by_job[active.job.id]
+            if self._fence.fenced(active.run):
+                log.info(
+                    "job %s's fenced run %s ended; nothing of it is written",
+                    active.job.id,
+                    active.run,
+                    extra=job_fields(active.job),
+                )
+                continue
             try:
                 change = outcomes.finished(
                     active.job, active.run, item, self._worker_id, self._settings.max_attempts
@@ -307,14 +356,54 @@ class JobRunner:
                 active.aborting = AbortReason.DEADLINE
                 self._engine.abort(active.request_id, AbortReason.DEADLINE)
 
-    def _check_ledger(self) -> None:
-        """Read this worker's ledger: abort what was cancelled, give back what it lost."""
+    def _verify_claims(self) -> None:
+        """The heartbeat may have lapsed (a stall, a partition): announce this worker again,
+        then read which claims are still its own (the janitor re-queues a worker's jobs only
+        while its heartbeat is absent, so none is taken after the beat), and fence the rest."""
+        if self._metrics is not None:
+            self._metrics.cut_off()
+        sent_at = self._retrying(self._beat)
+        fenced = self._check_ledger()
+        self._fence.verified(sent_at)
+        log.warning(
+            "claims checked after the cut-off: %d still this worker's, %d fenced",
+            len(self._by_job),
+            fenced,
+        )
+
+    def _fence_run(self, active: _Active, why: str) -> None:
+        """``active``'s job is no longer this run's: abort it; nothing more of it is written."""
+        self._fence.fence(active.run)
+        if self._by_job.get(active.job.id) is active:
+            del self._by_job[active.job.id]
+        if self._metrics is not None:
+            self._metrics.fenced()
+        log.warning(
+            "job %s: run %s is no longer this worker's (%s); aborted, nothing of it is written",
+            active.job.id,
+            active.run,
+            why,
+            extra=job_fields(active.job),
+        )
+        active.aborting = AbortReason.FENCED
+        self._engine.abort(active.request_id, AbortReason.FENCED)
+
+    def _check_ledger(self) -> int:
+        """Read this worker's ledger: abort what was cancelled, fence the runs that are no
+        longer its own, give back what it lost; how many runs it fenced."""
         jobs, cancels = self._retrying(lambda: self._store.ledger(self._worker_id))
+        stale = [
+            active
+            for active in self._active.values()
+            if jobs.get(active.job.id) != active.run and not self._fence.fenced(active.run)
+        ]
+        for active in stale:
+            self._fence_run(active, "its claim was given to another run meanwhile")
         for job_id in cancels:
             self.cancel(job_id)
         lost = {job_id: run for job_id, run in jobs.items() if job_id not in self._by_job}
         if not lost:
-            return
+            return len(stale)
         rows = self._retrying(lambda: self._store.read_many(list(lost)))
         changes = []
         for (job_id, run), row in zip(lost.items(), rows, strict=True):
@@ -328,6 +417,7 @@ class JobRunner:
                 max_attempts = self._settings.max_attempts
                 changes.append(outcomes.lost(job, run, self._worker_id, max_attempts))
         self._retrying(lambda: self._store.apply_many(changes))
+        return len(stale)
 
     def _retrying(self, call: Callable[[], _T]) -> _T:
         """``call()``, retried while Redis is unreachable (up to STRUCTQ_REDIS_OUTAGE_S), with

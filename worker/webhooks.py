@@ -42,7 +42,7 @@ from shared.keys import (
 )
 from shared.metrics import serve as serve_metrics
 from shared.records import WebhookWorkerAnnouncement
-from shared.redis_pools import celery_broker, sync_client
+from shared.redis_pools import celery_broker, celery_silent_connection_options, sync_client
 from worker.celery_config import reliable_threads_worker
 from worker.settings import WebhookSettings
 from worker.webhook_delivery import Deliverer
@@ -63,6 +63,7 @@ app.conf.update(
         settings.webhook_concurrency,
         {
             **_transport,
+            **celery_silent_connection_options(settings.redis_socket_timeout_s),
             # Attempts are short: a message unacknowledged past this is handed out again. Its
             # own unacked keys, so this short timeout never touches the GPU workers' messages.
             "visibility_timeout": int(3 * settings.webhook_timeout_s + 60),
@@ -127,7 +128,11 @@ def _scheduler(deliverer: Deliverer, client: redis.Redis, stop: threading.Event)
 def _start(**_: object) -> None:
     _setup_logs()
     serve_metrics(settings.metrics_port)
-    client = sync_client(settings.redis_url, max_connections=settings.webhook_concurrency + 4)
+    client = sync_client(
+        settings.redis_url,
+        max_connections=settings.webhook_concurrency + 4,
+        socket_timeout_s=settings.redis_socket_timeout_s,
+    )
     deliverer = Deliverer(client, settings)
     stop = threading.Event()
     thread = threading.Thread(

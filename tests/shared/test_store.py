@@ -274,3 +274,46 @@ def test_change_of_a_missing_job_does_nothing(redis_client):
     store = JobStore(redis_client, ttl_s=50)
     assert not store.apply(lifecycle.Change(_job("nope"), (JobStatus.QUEUED,)))
     assert not redis_client.exists(job_key("nope"))
+
+
+def test_a_requeue_unless_alive_is_refused_while_the_workers_heartbeat_exists(
+    redis_client, redis_url
+):
+    import dataclasses
+
+    from shared.keys import worker_key
+
+    store = JobStore(redis_client, ttl_s=50)
+    _create(redis_url, _job("a1"))
+    claim = _claim(store, "a1")
+    requeue = dataclasses.replace(lifecycle.requeue(claim.job, claim.new_run), unless_alive="w1")
+    redis_client.set(worker_key("w1"), "{}")  # the worker announced itself again
+    assert store.apply_many([requeue]) == ["alive"]
+    assert store.get("a1").status is JobStatus.RUNNING
+    assert redis_client.hgetall(worker_jobs_key("w1")) == {b"a1": claim.new_run.encode()}
+    redis_client.delete(worker_key("w1"))  # gone: the janitor's re-queue goes through
+    assert store.apply_many([requeue]) == [None]
+    assert store.get("a1").status is JobStatus.QUEUED
+
+
+def test_a_claim_if_alive_is_refused_while_the_workers_heartbeat_is_absent(redis_client):
+    import dataclasses
+
+    from shared.keys import worker_key
+
+    store = JobStore(redis_client, ttl_s=50)
+    store.create(Job(id="c1", model="m", prompt="x"))
+    [(tag, row)] = store.take("m", 10)
+    claim = dataclasses.replace(
+        lifecycle.claim(store.get("c1"), "w1", tag), release=tag, if_alive="w1"
+    )
+    assert store.apply_many([claim]) == ["cut_off"]  # no heartbeat: nothing claimed...
+    assert store.get("c1").status is JobStatus.QUEUED
+    assert not redis_client.exists(worker_jobs_key("w1"))
+    assert redis_client.hexists(JOBS_TRANSPORT["unacked_key"], tag)  # ...its message kept
+    redis_client.set(worker_key("w1"), "{}")  # announced again: the same claim goes through
+    assert store.apply_many([claim]) == [None]
+    assert store.get("c1").status is JobStatus.RUNNING
+    assert not redis_client.hexists(JOBS_TRANSPORT["unacked_key"], tag)
+    with pytest.raises(ValueError, match="one worker"):
+        store.apply_many([dataclasses.replace(claim, unless_alive="w1")])
