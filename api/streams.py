@@ -2,7 +2,16 @@
 
 The relay never trusts the stream to be complete: when a job ends, whatever its final
 record holds beyond what was relayed is sent too, so a delta lost on the way (or a job that
-finished before anyone read its stream) still reaches the client whole.
+finished before anyone read its stream) still reaches the client whole. Deltas are numbered
+within their run: a duplicate (a write the worker retried) is skipped, and after a gap the
+relay sends no more deltas of that job, so what it sent stays a prefix of the final text.
+
+A job re-run after its worker died or was cut off streams again from the start, under a new
+run token. The relay follows the newest run and sends only what goes beyond the text already
+sent, so a re-run that writes the same text (greedy and seeded, mostly) continues the stream
+seamlessly. A re-run that writes otherwise (the engine's numerics change with the batch's
+shape, so even a greedy pick can flip) gets a ``Reset``: what was sent is void, and the deltas
+that follow spell the text from its start. Entries of a run the relay has left are never sent.
 """
 
 from __future__ import annotations
@@ -20,13 +29,20 @@ from shared.async_store import AsyncJobStore
 from shared.jobs import JobPublic
 from shared.keys import stream_key
 
-__all__ = ["Delta", "Finished", "job_events", "relay"]
+__all__ = ["Delta", "Finished", "Reset", "job_events", "relay"]
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
     index: int
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """What was sent of job ``index`` is void: a re-run wrote otherwise; its text follows."""
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +62,17 @@ async def relay(
     timeout_s: float,
     poll_s: float = 1.0,
     keepalive_s: float | None = None,
-) -> AsyncIterator[Delta | Finished | None]:
+) -> AsyncIterator[Delta | Reset | Finished | None]:
     """Each job's deltas as they are published, then its ``Finished``; in arrival order.
     With ``keepalive_s``, a None after that long without anything else to yield."""
     keys = [stream_key(job_id) for job_id in job_ids]
     index = {key.encode(): i for i, key in enumerate(keys)}
     last = ["0-0"] * len(keys)
     run: list[bytes | None] = [None] * len(keys)  # the run whose deltas are relayed
-    relayed = [""] * len(keys)
+    left: list[set[bytes]] = [set() for _ in keys]  # runs it followed before: never again
+    written = [""] * len(keys)  # the text of that run so far
+    number = [0] * len(keys)  # the number of its last delta read
+    relayed = [""] * len(keys)  # what the client has, since the last reset
     ended = [False] * len(keys)
     done = [False] * len(keys)
     deadline = time.monotonic() + timeout_s
@@ -76,17 +95,38 @@ async def relay(
                 i = index[key]
                 for entry_id, fields in entries:
                     last[i] = entry_id.decode()
-                    if run[i] != fields[b"a"] and not relayed[i]:
-                        run[i] = fields[b"a"]  # the first run heard of, or a re-run
-                    if run[i] != fields[b"a"]:
-                        continue  # another run of a re-queued job: its final record decides
+                    token = fields[b"a"]
+                    if token in left[i]:
+                        continue  # a late entry of a run given up on
+                    previous = run[i]
+                    if token != previous:  # the first run heard of, or a re-run
+                        if previous is not None:
+                            left[i].add(previous)
+                        run[i], written[i], number[i] = token, "", 0
                     if b"end" in fields:
                         ended[i] = True
                         break
-                    text = fields[b"d"].decode()
-                    relayed[i] += text
-                    yielded = time.monotonic()
-                    yield Delta(i, text)
+                    if b"n" in fields:  # numbered deltas (workers before them: not)
+                        n = int(fields[b"n"])
+                        if n <= number[i]:
+                            continue  # a write the worker retried
+                        if n != number[i] + 1:  # a delta was never written: the record ends it
+                            ended[i] = True
+                            break
+                        number[i] = n
+                    written[i] += fields[b"d"].decode()
+                    sent = relayed[i]
+                    if written[i].startswith(sent):
+                        new = written[i][len(sent) :]
+                    elif sent.startswith(written[i]):
+                        continue  # a re-run catching up with what was sent
+                    else:
+                        yield Reset(i)  # a re-run that wrote otherwise
+                        new = written[i]
+                    if new:
+                        relayed[i] = written[i]
+                        yielded = time.monotonic()
+                        yield Delta(i, new)
         else:
             await asyncio.sleep(min(poll_s / 10, remaining))
         now = time.monotonic()
@@ -126,14 +166,24 @@ async def job_events(
         if isinstance(event, Delta):
             yield _delta(event.text)
             continue
+        if isinstance(event, Reset):
+            yield _RESET
+            continue
         job = event.job
         if job is None or not job.status.terminal:
             yield "event: timeout\ndata: {}\n\n"
             return
         text = job.result.text if job.result else (job.error.text if job.error else None)
-        if text and text.startswith(event.relayed) and len(text) > len(event.relayed):
+        if text is not None and not text.startswith(event.relayed):
+            yield _RESET  # the final record holds otherwise than the deltas sent
+            if text:
+                yield _delta(text)
+        elif text and len(text) > len(event.relayed):
             yield _delta(text[len(event.relayed) :])
         yield f"event: done\ndata: {job.model_dump_json()}\n\n"
+
+
+_RESET = "event: reset\ndata: {}\n\n"
 
 
 def _delta(text: str) -> str:

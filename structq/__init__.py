@@ -22,6 +22,7 @@ from structq.errors import (
     RateLimited,
     ServerError,
     ServiceUnavailable,
+    StreamReset,
     StructqError,
     WebhookVerificationError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "ServiceUnavailable",
+    "StreamReset",
     "StructqError",
     "WebhookEvent",
     "WebhookVerificationError",

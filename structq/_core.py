@@ -23,6 +23,7 @@ from structq.errors import (
     JobFailed,
     JobTimeout,
     OutputValidationError,
+    StreamReset,
     StructqError,
     api_error,
 )
@@ -548,7 +549,8 @@ class StreamTracker:
     """Text already handed out across reconnections: a reconnected stream sends the deltas
     so far again first, and only what is beyond them is new."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: str = "") -> None:
+        self.job_id = job_id
         self.emitted = 0
         self.received = 0
         self.record: JobRecord | None = None
@@ -566,6 +568,8 @@ class StreamTracker:
             new = text[max(0, self.emitted - start) :]
             self.emitted = self.received
             return new, False
+        if kind == "reset":  # a re-run wrote otherwise: what was handed out is void
+            raise StreamReset(self.job_id)
         if kind == "done":
             self.record = _record(json.loads(data))
             return None, True

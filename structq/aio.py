@@ -93,7 +93,7 @@ class AsyncJob:
 
     async def stream(self) -> AsyncIterator[str]:
         """The job's text as it is generated (see ``Job.stream``)."""
-        tracker = StreamTracker()
+        tracker = StreamTracker(self.id)
         while True:
             tracker.connected()
             over = False

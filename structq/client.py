@@ -101,7 +101,7 @@ class Job:
     def stream(self) -> Iterator[str]:
         """The job's text as it is generated (submit with ``stream=True``; otherwise all of
         it arrives at the end). Afterwards ``record`` is the finished job."""
-        tracker = StreamTracker()
+        tracker = StreamTracker(self.id)
         while True:
             tracker.connected()
             over = False

@@ -151,6 +151,22 @@ class JobFailed(StructqError):
         self.text = error.text if error is not None else None
 
 
+class StreamReset(StructqError):
+    """A streamed job was re-run (its worker died or was cut off) and the re-run wrote
+    otherwise than the text already streamed: that text is void. The job goes on; its record
+    (``Job.refresh``, ``Job.result``) has the final output."""
+
+    code = "stream_reset"
+    retryable = True
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} was re-run and wrote otherwise than the text streamed so far; "
+            "that text is void: read the job for its output"
+        )
+        self.job_id = job_id
+
+
 class OutputValidationError(StructqError):
     """The job succeeded but its value does not validate as the requested Python type."""
 

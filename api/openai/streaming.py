@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from api.errors import openai_error
 from api.openai.requests import ChatRequest, CompletionRequest
 from api.openai.responses import ChunkKind, Outcome, chunk, outcome, usage
-from api.streams import Delta, relay
+from api.streams import Delta, Reset, relay
 from shared.async_store import AsyncJobStore
 from shared.errors import StructqError
 
@@ -84,6 +84,9 @@ async def sse(
             if isinstance(event, Delta):
                 yield _event(chunk(kind, rid, model, created, event.index, event.text))
                 continue
+            if isinstance(event, Reset):  # OpenAI's chunks cannot take text back
+                failed = _not_final(ids[event.index])
+                break
             result = outcome(event.job, ids[event.index])
             outcomes[event.index] = result
             if result.error is not None:
@@ -93,11 +96,7 @@ async def sse(
             if rest.startswith(event.relayed):
                 rest = rest[len(event.relayed) :]
             else:
-                failed = StructqError(
-                    f"the text streamed for job {ids[event.index]} is not its final output (its "
-                    "run was interrupted and re-run, or stream entries were lost); read the "
-                    "job for its output"
-                )
+                failed = _not_final(ids[event.index])
                 break
             text: str | None = rest
             if kind == "chat" and not rest:
@@ -135,3 +134,11 @@ async def sse(
 
 def _error_body(exc: StructqError) -> dict[str, Any]:
     return openai_error(exc.http_status, exc.message, exc.code, exc.extra.get("param"))
+
+
+def _not_final(job_id: str) -> StructqError:
+    return StructqError(
+        f"the text streamed for job {job_id} is not its final output (its run was interrupted "
+        "and re-run, and the re-run wrote otherwise, or stream entries were lost); read the job "
+        "for its output"
+    )

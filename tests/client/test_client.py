@@ -284,6 +284,19 @@ def test_stream_reconnects_without_repeating(client, gw):
     assert job.status == "succeeded"
 
 
+def test_a_stream_reset_raises_after_the_text_handed_out(client, gw):
+    # A re-run wrote otherwise than what was streamed: the client cannot take text back.
+    gw.auto_finish = False
+    job = client.submit("story", stream=True)
+    gw.stream_events = [_sse(("delta", {"text": "Once "}), ("reset", {}), ("delta", {"text": "A"}))]
+    got = []
+    with pytest.raises(structq.StreamReset) as caught:
+        for text in job.stream():
+            got.append(text)
+    assert got == ["Once "]
+    assert caught.value.job_id == job.id and caught.value.retryable
+
+
 def test_async_client(aclient, gw, sleeps):
     async def main():
         async with aclient as client:
