@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo observe test test-unit bench worker gateway lint clean
+.PHONY: setup demo observe test test-unit chaos bench worker gateway lint clean
 
 setup:
 	./scripts/setup.sh
@@ -22,6 +22,11 @@ test: setup
 ## Only the fast tests (no engine).
 test-unit: setup
 	$(PY) -m pytest -m "not e2e"
+
+## The chaos soak: a mixed load on two workers under seeded faults, then every guarantee
+## checked (docs/lifecycle.md). MINUTES=10 by default; SEED=n draws the same faults again.
+chaos: setup
+	$(PY) -m scripts.chaos --minutes $(or $(MINUTES),10) $(if $(SEED),--seed $(SEED))
 
 ## structq against raw vLLM, side by side (see the README's Benchmark section).
 bench: setup
