@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from scripts.receiver import Receiver
 from scripts.stack import Stack
 from tests.e2e.models import SMALL_MODEL
-from tests.receiver import Receiver
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 NO_WORKERS = "no-workers-model"

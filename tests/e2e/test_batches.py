@@ -19,9 +19,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from api.auth import hash_key
+from scripts.receiver import Receiver
 from shared.settings import DEFAULT_MODEL
 from tests.e2e.conftest import NO_WORKERS, WEBHOOK_SECRET, restart_worker, submit, wait_for
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts.receiver import Receiver
 from scripts.stack import Stack, start_prometheus
 from shared.settings import DEFAULT_MODEL
 from tests.e2e.conftest import NO_WORKERS, wait_for
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from scripts.receiver import Receiver
 from scripts.stack import Stack
 from shared.keys import WEBHOOK_WORKER_PREFIX
 from shared.redis_pools import sync_client
 from shared.workers import live_workers_sync
 from tests.e2e.conftest import ORPHAN_GRACE_S, RECONCILE_INTERVAL_S, WEBHOOK_SECRET
 from tests.e2e.test_outages import _TOKENS, _burst, _finished, _running_soon
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from scripts.receiver import Receiver
 from tests.e2e.conftest import NO_WORKERS, WEBHOOK_SECRET, run, submit
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 

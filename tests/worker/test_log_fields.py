@@ -9,11 +9,11 @@ import logging
 import time
 from typing import cast
 
+from scripts.receiver import Receiver
 from shared import lifecycle, logs
 from shared.jobs import Job, WebhookSpec
 from shared.keys import WEBHOOK_QUEUE
 from shared.store import JobStore
-from tests.receiver import Receiver
 from worker.engine import Engine
 from worker.settings import WebhookSettings, WorkerSettings
 from worker.webhook_delivery import Deliverer

@@ -13,11 +13,11 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from scripts.receiver import Receiver
 from shared import lifecycle
 from shared.jobs import Job, JobStatus, WebhookSpec
 from shared.keys import WEBHOOK_QUEUE, WEBHOOK_SCHEDULE, delivery_key, hooks_key
 from shared.store import JobStore
-from tests.receiver import Receiver
 from worker.settings import WebhookSettings
 from worker.webhook_delivery import Deliverer
 

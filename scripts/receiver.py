@@ -1,6 +1,7 @@
-"""A real HTTP server on localhost that receives webhooks for the tests: each path answers
-from its own script of status codes (the last one repeats; ``"hang"`` sleeps past any client
-timeout), and every request is recorded."""
+"""A real HTTP server that receives webhooks, for the tests and ``make deploy-check``: each path
+answers from its own script of status codes (the last one repeats; ``"hang"`` sleeps past any
+client timeout), and every request is recorded. On localhost by default; ``host`` binds
+elsewhere (the deploy check's, on the address containers reach the host at)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._host = host
         self.requests: list[Received] = []
         self._scripts: dict[str, list[int | str]] = {}
         self._served: defaultdict[str, int] = defaultdict(int)
@@ -47,7 +49,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -62,7 +64,7 @@ class Receiver:
     def url(self, path: str, *script: int | str) -> str:
         """A URL on this receiver whose requests are answered by ``script`` (default 200)."""
         self._scripts[path] = list(script) or [200]
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return f"http://{self._host}:{self._server.server_address[1]}{path}"
 
     def _answer(self, path: str) -> int | str:
         script = self._scripts.get(path, [404])
