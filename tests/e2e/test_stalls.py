@@ -18,6 +18,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ import httpx
 import pytest
 
 from scripts.partition import Partition
+from scripts.receiver import Receiver
 from scripts.stack import Stack
 from tests.e2e.conftest import (
     ORPHAN_GRACE_S,
@@ -33,7 +35,6 @@ from tests.e2e.conftest import (
     submit,
     wait_for,
 )
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -78,25 +79,36 @@ class _Load:
         self.ids.append(self.stream_id)
         self.streamed: list[str] = []
         self.stream_done: dict[str, Any] = {}
+        self.stream_events: list[str] = []  # event names and lost connections, for a failure
         self._follower = threading.Thread(target=self._follow, args=(api.base_url,), daemon=True)
         self._follower.start()
 
     def _follow(self, base_url: httpx.URL) -> None:
+        """Follow the stream to its ``done``. The gateway ends a stream after MAX_WAIT_S with
+        ``timeout`` (a slow machine's faulted job may take longer): connect again, as a client
+        does; each connection sends the deltas so far from the start."""
+        deadline = time.monotonic() + 600
         with httpx.Client(base_url=base_url, timeout=None) as client:
-            name = None
-            url = f"/v1/jobs/{self.stream_id}/stream"
-            with client.stream("GET", url) as response:
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        name = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        data = json.loads(line.removeprefix("data: "))
-                        if name == "delta":
-                            self.streamed.append(data["text"])
-                        elif name == "reset":  # a re-run wrote otherwise: start again
-                            self.streamed.clear()
-                        elif name == "done":
-                            self.stream_done = data
+            while not self.stream_done and time.monotonic() < deadline:
+                self.streamed.clear()
+                name = None
+                try:
+                    with client.stream("GET", f"/v1/jobs/{self.stream_id}/stream") as response:
+                        for line in response.iter_lines():
+                            if line.startswith("event: "):
+                                name = line.removeprefix("event: ")
+                                self.stream_events.append(name)
+                            elif line.startswith("data: "):
+                                data = json.loads(line.removeprefix("data: "))
+                                if name == "delta":
+                                    self.streamed.append(data["text"])
+                                elif name == "reset":  # a re-run wrote otherwise: start again
+                                    self.streamed.clear()
+                                elif name == "done":
+                                    self.stream_done = data
+                except httpx.TransportError as exc:
+                    self.stream_events.append(f"connection lost: {exc!r}")
+                    time.sleep(1)
 
     def running_soon(self, api: httpx.Client) -> None:
         wait_for(api, self.ids[:1], timeout_s=120, statuses={"running"})
@@ -112,7 +124,8 @@ class _Load:
             assert 1 <= job["attempts"] <= max_attempts, brief
             assert job["result"]["usage"]["completion_tokens"] == _TOKENS
         self._follower.join(60)
-        assert self.stream_done.get("status") == "succeeded", self.stream_done
+        events = Counter(self.stream_events)
+        assert self.stream_done.get("status") == "succeeded", (self.stream_done, events)
         assert "".join(self.streamed) == jobs[self.stream_id]["result"]["text"]
         # One `completed` event per job.
         completed_once(receiver, self.path, self.ids, timeout_s=60)
