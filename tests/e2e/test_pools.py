@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
+from scripts.receiver import Receiver
 from scripts.stack import Stack, _Child
 from shared.records import WorkerAnnouncement
 from shared.settings import DEFAULT_MODEL
 from tests.e2e.conftest import completed_once, wait_for
 from tests.e2e.models import SMALL_MODEL, make_small_model
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -168,13 +168,18 @@ def test_two_workers_of_one_pool_share_it_and_a_killed_one_loses_nothing(
                 for i in range(80)
             ]
             ids = _bulk(api, jobs)
-            # Mid-burst: the victim has finished some jobs and is running more.
+            # Mid-burst: both workers have taken jobs of the burst and the victim runs some.
+            # (Not "the victim has finished some": on a loaded machine one engine may be many
+            # times slower than the other, and the survivor may empty the queue meanwhile.)
             deadline = time.monotonic() + 120
             mine = set(ids)
+            survivor_id = survivor_announced.worker_id
             while True:
-                finished = _on(api, "succeeded", victim_announced.worker_id, mine)
                 running = _on(api, "running", victim_announced.worker_id, mine)
-                if finished >= 2 and running >= 1:
+                survivor_took = _on(api, "running", survivor_id, mine) or _on(
+                    api, "succeeded", survivor_id, mine
+                )
+                if running >= 1 and survivor_took >= 1:
                     break
                 assert time.monotonic() < deadline, _burst_report(api, ids, victim)
                 time.sleep(0.05)
@@ -185,10 +190,11 @@ def test_two_workers_of_one_pool_share_it_and_a_killed_one_loses_nothing(
                 (job["id"], job["status"], job["error"]) for job in done.values()
             ]
             workers = {job["worker"] for job in done.values()}
-            # Spread over both; what the victim was running finished on the survivor.
-            assert workers == {victim_announced.worker_id, survivor_announced.worker_id}
+            assert survivor_id in workers
+            assert workers <= {victim_announced.worker_id, survivor_id}
+            # What the victim was running finished on the survivor.
             rerun = [job for job in done.values() if job["attempts"] == 2]
-            assert rerun and all(j["worker"] == survivor_announced.worker_id for j in rerun)
+            assert rerun and all(j["worker"] == survivor_id for j in rerun)
             # Once: one `completed` event per job, none more (the victim's runs wrote nothing).
             completed_once(receiver, "/done", ids)
     finally:
