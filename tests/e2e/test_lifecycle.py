@@ -233,7 +233,12 @@ def test_sigterm_drains_then_redis_restart_keeps_the_backlog_which_runs_by_prior
     stack.restart_redis()  # SIGTERM: Redis writes its append-only file, then reloads it
     assert api.get("/readyz").status_code == 200
     restart_worker(stack, {"STRUCTQ_MAX_INFLIGHT": "2"})
+    # The slow job's given-back run starts again; it is cancelled then (its 1,500 tokens would
+    # hold a slot for minutes), with the text of its second run.
+    wait_for(api, [slow], timeout_s=300, statuses={"running"})
+    assert api.post(f"/v1/jobs/{slow}/cancel").status_code in (200, 202)
     finished = wait_for(api, [*low, *high, slow], timeout_s=300)
+    assert finished.pop(slow)["status"] == "cancelled"
     assert all(job["status"] == "succeeded" for job in finished.values()), {
         i: j["status"] for i, j in finished.items() if j["status"] != "succeeded"
     }
