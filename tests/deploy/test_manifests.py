@@ -291,6 +291,26 @@ def test_compose_gpu_workers_are_pinned_one_gpu_each():
     assert COMPOSE["services"]["worker-cpu"]["profiles"] == ["cpu"]
 
 
+def _bytes(size: str) -> int:
+    """A compose size ("1gb", "512m") in bytes."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", size.lower())
+    assert match, size
+    return int(match[1]) * 1024 ** " kmg".index(match[2] or " ")
+
+
+def test_compose_vllm_workers_have_room_in_dev_shm():
+    """vLLM's engine queue takes 160 MiB of /dev/shm; a container has 64 MB unless told (the
+    CPU worker died at every start under podman until it was given more)."""
+    workers = {
+        name: service
+        for name, service in COMPOSE["services"].items()
+        if service.get("command") == ["python", "-m", "worker"]
+    }
+    assert {"worker-cpu", "worker-gpu0"} <= set(workers)
+    for name, service in workers.items():
+        assert _bytes(str(service.get("shm_size", "64m"))) >= 512 * 2**20, name
+
+
 def test_compose_environment_names_are_ones_the_settings_read_and_secrets_are_required():
     known = _setting_names()
     for name, service in COMPOSE["services"].items():
