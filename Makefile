@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo observe test test-unit chaos bench worker gateway lint clean
+.PHONY: setup demo observe test test-unit chaos deploy-check bench worker gateway lint clean
 
 setup:
 	./scripts/setup.sh
@@ -27,6 +27,11 @@ test-unit: setup
 ## checked (docs/lifecycle.md). MINUTES=10 by default; SEED=n draws the same faults again.
 chaos: setup
 	$(PY) -m scripts.chaos --minutes $(or $(MINUTES),10) $(if $(SEED),--seed $(SEED))
+
+## The deployment for real with podman: stand-in base images, both images built from their
+## Dockerfiles, the compose file's cpu profile up, jobs and faults through it (docs/deploy.md).
+deploy-check: setup
+	$(PY) -m scripts.deploy.check
 
 ## structq against raw vLLM, side by side (see the README's Benchmark section).
 bench: setup
