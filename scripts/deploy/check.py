@@ -165,13 +165,13 @@ def _build(tag: str, dockerfile: str, target: str | None) -> None:
     ]
     if target:
         args += ["--target", target]
-    before = sh("podman", "image", "inspect", tag, "--format", "{{.Id}}", check=False).strip()
+    before = _inspect(tag, ".Id", check=False)
     started = time.monotonic()
     sh(*args, str(ROOT), cwd=ROOT)
-    if before and before != sh("podman", "image", "inspect", tag, "--format", "{{.Id}}").strip():
+    if before and before != _inspect(tag, ".Id"):
         # The image this build replaced (5 GB for the worker's) goes, unless something uses it.
         sh("podman", "rmi", before, check=False)
-    size = sh("podman", "image", "inspect", tag, "--format", "{{.Size}}").strip()
+    size = _inspect(tag, ".Size")
     print(f"    {tag}: built in {time.monotonic() - started:.0f} s, {int(size) / 1e9:.2f} GB")
 
 
@@ -206,24 +206,31 @@ SUBNET = "10.89.77.0/24"  # the compose network, made first so the allow-list ca
 HOST_ON_NETWORK = "10.89.77.1"  # the host's address on it (its gateway)
 
 
-def _containers(service: str) -> list[str]:
-    out = sh(
-        "podman",
-        "ps",
-        "-a",
-        "--filter",
-        f"label=com.docker.compose.project={PROJECT}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-        "--format",
-        "{{.Names}}",
-    )
-    return out.split()
+def _project_containers(
+    service: str | None = None, *, stopped: bool = True, check: bool = True
+) -> list[str]:
+    """The names of the check's containers (of ``service`` only; running ones only unless
+    ``stopped``)."""
+    filters = ["--filter", f"label=com.docker.compose.project={PROJECT}"]
+    if service is not None:
+        filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    every = ["-a"] if stopped else []
+    return sh("podman", "ps", *every, *filters, "--format", "{{.Names}}", check=check).split()
 
 
 def container(service: str) -> str:
-    [name] = _containers(service)
+    [name] = _project_containers(service)
     return name
+
+
+def _inspect(name: str, field: str, check: bool = True) -> str:
+    """One field of a container or image (``field`` as podman's template, e.g. ``.Id``)."""
+    return sh("podman", "inspect", name, "--format", f"{{{{{field}}}}}", check=check).strip()
+
+
+def _redis_cli(service: str, *args: str) -> str:
+    """redis-cli in ``service``'s container; its output ('' when it cannot answer)."""
+    return sh("podman", "exec", container(service), "redis-cli", *args, check=False)
 
 
 class HealthDriver:
@@ -245,16 +252,7 @@ class HealthDriver:
 
     def _run(self) -> None:
         while not self._stop.wait(3):
-            names = sh(
-                "podman",
-                "ps",
-                "--filter",
-                f"label=com.docker.compose.project={PROJECT}",
-                "--format",
-                "{{.Names}}",
-                check=False,
-            ).split()
-            for name in names:
+            for name in _project_containers(stopped=False, check=False):
                 subprocess.run(
                     ["podman", "healthcheck", "run", name],
                     capture_output=True,
@@ -297,22 +295,14 @@ def _crash_loop() -> None:
     """Ends the check when a service keeps dying (the restart policy starts it again and
     again: the gateway image missing a module, the worker's engine unable to start), with the
     end of its log, rather than waiting out the readiness timeout."""
-    for name in sh(
-        "podman",
-        "ps",
-        "-a",
-        "--filter",
-        f"label=com.docker.compose.project={PROJECT}",
-        "--format",
-        "{{.Names}}",
-    ).split():
-        restarts = sh("podman", "inspect", name, "--format", "{{.RestartCount}}", check=False)
-        if int(restarts.strip() or 0) >= 3:
+    for name in _project_containers():
+        restarts = _inspect(name, ".RestartCount", check=False)
+        if int(restarts or 0) >= 3:
             log = subprocess.run(
                 ["podman", "logs", "--tail", "20", name], capture_output=True, text=True
             )
             raise SystemExit(
-                f"deploy-check: {name} restarted {restarts.strip()} times; its log ends:\n"
+                f"deploy-check: {name} restarted {restarts} times; its log ends:\n"
                 + (log.stdout + log.stderr)[-4000:]
             )
 
@@ -436,7 +426,7 @@ def redis_restart(api: httpx.Client) -> None:
 @phase("the worker container's main process SIGKILLed mid-job")
 def worker_kill(api: httpx.Client, receiver: Receiver) -> None:
     name = container("worker-cpu")
-    restarts = int(sh("podman", "inspect", name, "--format", "{{.RestartCount}}").strip() or 0)
+    restarts = int(_inspect(name, ".RestartCount") or 0)
     job_id = submit(
         api,
         {
@@ -451,22 +441,36 @@ def worker_kill(api: httpx.Client, receiver: Receiver) -> None:
             raise SystemExit("deploy-check: the job never started")
         time.sleep(0.5)
     time.sleep(2)
-    pid = sh("podman", "inspect", name, "--format", "{{.State.Pid}}").strip()
+    pid = _inspect(name, ".State.Pid")
     os.kill(int(pid), 9)  # as the OOM killer would
     job = finished(api, [job_id], 900)[job_id]
-    after = int(sh("podman", "inspect", name, "--format", "{{.RestartCount}}").strip() or 0)
+    after = int(_inspect(name, ".RestartCount") or 0)
     expect(after > restarts, f"the restart policy brought {name} back ({restarts} -> {after})")
     expect(
         job["status"] == "succeeded" and job["attempts"] == 2,
         f"the killed job {job['status']} on attempt {job['attempts']}",
     )
     time.sleep(10)  # any second event would be out by now
-    events = [json.loads(r.body) for r in receiver.to("/kill")]
-    completed = {r.headers.get("webhook-id") for r in receiver.to("/kill")}
+    deliveries = receiver.to("/kill")
+    hooks = _completed_hooks(deliveries)
+    ids = hooks.get(job_id, set())
     expect(
-        len(completed) == 1 and all(e["type"] == "job.completed" for e in events),
-        f"one job.completed webhook ({len(events)} deliveries, {len(completed)} id)",
+        set(hooks) == {job_id}
+        and len(ids) == 1
+        and all(json.loads(r.body)["type"] == "job.completed" for r in deliveries),
+        f"one job.completed webhook ({len(deliveries)} deliveries, {len(ids)} id)",
     )
+
+
+def _completed_hooks(deliveries: list[Any]) -> dict[str, set[str]]:
+    """Per job, the webhook ids of the ``job.completed`` events delivered (a retry of one
+    event keeps its id)."""
+    by_job: dict[str, set[str]] = {}
+    for request in deliveries:
+        event = json.loads(request.body)
+        if event["type"] == "job.completed":
+            by_job.setdefault(event["data"]["id"], set()).add(request.headers["webhook-id"])
+    return by_job
 
 
 SENTINEL_URL = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/structq/0"
@@ -474,23 +478,12 @@ SENTINEL_URL = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26
 
 def _primary() -> str:
     """The primary's name as the first Sentinel knows it ('' while it cannot say)."""
-    out = sh(
-        "podman",
-        "exec",
-        container("sentinel-1"),
-        "redis-cli",
-        "-p",
-        "26379",
-        "sentinel",
-        "get-master-addr-by-name",
-        "structq",
-        check=False,
-    )
+    out = _redis_cli("sentinel-1", "-p", "26379", "sentinel", "get-master-addr-by-name", "structq")
     return out.split()[0] if out.split() else ""
 
 
 def _replica_in_sync() -> bool:
-    out = sh("podman", "exec", container("redis"), "redis-cli", "info", "replication", check=False)
+    out = _redis_cli("redis", "info", "replication")
     return "connected_slaves:1" in out and "state=online" in out
 
 
@@ -540,11 +533,7 @@ def failover(api: httpx.Client, receiver: Receiver) -> None:
 
     receiver.wait_until("/ha", all_completed, timeout_s=120)
     time.sleep(10)  # any second event would be out by now
-    by_job: dict[str, set[str]] = {}
-    for request in receiver.to("/ha"):
-        event = json.loads(request.body)
-        if event["type"] == "job.completed":
-            by_job.setdefault(event["data"]["id"], set()).add(request.headers["webhook-id"])
+    by_job = _completed_hooks(receiver.to("/ha"))
     expect(
         sorted(len(hooks) for hooks in by_job.values()) == [1] * len(ids),
         f"one job.completed webhook per job ({len(by_job)} jobs)",
@@ -558,9 +547,7 @@ def failover(api: httpx.Client, receiver: Receiver) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"deploy-check: the old primary never became a replica: {role}")
         time.sleep(1)
-        role = sh(
-            "podman", "exec", container("redis"), "redis-cli", "info", "replication", check=False
-        )
+        role = _redis_cli("redis", "info", "replication")
     expect(True, f"the old primary, started again, is a replica of {_primary()}")
 
 
